@@ -1,0 +1,105 @@
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every runbook.ops module shares: the error type, the runner that turns errors into
+``fail_json``, and parsing of durations and timestamps."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+import traceback
+import typing as t
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s|ms)")
+_UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+class RunbookError(Exception):
+    """An expected failure: its message is shown to the user as is, ``details`` go into the result."""
+
+    def __init__(self, msg: str, **details: t.Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+def parse_duration(value: t.Union[str, int, float, None], option: str = "duration") -> t.Optional[float]:
+    """``30d``, ``6h``, ``1h30m``, ``90s``, ``500ms`` or a number of seconds, to seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos = 0
+    total = 0.0
+    for match in _DURATION_RE.finditer(text):
+        if text[pos:match.start()].strip():
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or text[pos:].strip():
+        raise RunbookError("%s: %r is not a duration (use e.g. 90s, 5m, 6h, 30d, 1h30m)" % (option, value))
+    return total
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def parse_time(value: t.Union[str, datetime.datetime, None], option: str = "now") -> datetime.datetime:
+    """An ISO 8601 timestamp (``Z`` accepted; naive means UTC), or the current time when empty."""
+    if value is None or value == "":
+        return utcnow()
+    if isinstance(value, datetime.datetime):
+        parsed = value
+    else:
+        text = str(value).strip()
+        if text.endswith("Z") or text.endswith("z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise RunbookError("%s: %r is not an ISO 8601 timestamp (e.g. 2026-01-31T12:00:00Z)" % (option, value))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+def isoformat(moment: datetime.datetime) -> str:
+    """UTC, second precision, ``Z`` suffix: how every timestamp in our results reads."""
+    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+
+def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:
+    """Run ``action(module)`` and exit with its result; every failure becomes ``fail_json``.
+
+    ``RunbookError`` carries a message written for the user. Anything else is a bug or a
+    library error we did not anticipate: still a clean ``fail_json`` naming the exception type,
+    with the traceback in the ``exception`` field (shown at -vvv) rather than a crash.
+    """
+    try:
+        result = action(module)
+    except RunbookError as exc:
+        module.fail_json(msg=exc.msg, **exc.details)
+    except Exception as exc:  # pylint: disable=broad-except
+        module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())
+    else:
+        failed_msg = result.pop("_fail_msg", None)
+        if failed_msg:
+            module.fail_json(msg=failed_msg, **result)
+        module.exit_json(**result)
