@@ -102,7 +102,7 @@ class ManagedProcess:
     def wait_port(self, host: str, port: int, timeout: float = 30.0) -> None:
         self.wait_until(lambda: port_open(host, port), timeout, "listening on %s:%s" % (host, port))
 
-    def signal(self, signum: int) -> None:
+    def send_signal(self, signum: int) -> None:
         pid = self.pid
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -113,12 +113,12 @@ class ManagedProcess:
         if not self.running():
             self.pid_file.unlink(missing_ok=True)
             return
-        self.signal(signum)
+        self.send_signal(signum)
         deadline = time.monotonic() + timeout
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.running():
-            self.signal(signal.SIGKILL)
+            self.send_signal(signal.SIGKILL)
             while self.running():
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)

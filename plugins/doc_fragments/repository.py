@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    """Options of the backup repository, shared by every module that stores or reads backups."""
+
+    DOCUMENTATION = r"""
+options:
+  repository:
+    description:
+      - Where backups live, as a URL.
+      - V(file:///path) stores them in a local directory of the managed host (created 0700 when absent).
+      - V(s3://bucket/prefix) stores them in any S3 API (AWS, MinIO, Ceph, ...). The bucket must exist.
+      - The layout is C(<prefix>/<kind>/<set>/<backup_id>/) with the data objects and C(manifest.json),
+        which is written last; a backup without a manifest is incomplete and never used for a restore.
+    type: str
+    default: file:///var/backups/runbook
+  s3_endpoint_url:
+    description:
+      - URL of an S3-compatible endpoint, for example V(https://minio.example.com:9000). Empty means AWS.
+    type: str
+  region:
+    description: The S3 region.
+    type: str
+    aliases: [aws_region]
+  access_key:
+    description:
+      - S3 access key id. When empty, the usual AWS sources apply (environment, O(profile), instance role).
+    type: str
+    aliases: [aws_access_key_id]
+  secret_key:
+    description: S3 secret access key.
+    type: str
+    aliases: [aws_secret_access_key]
+  session_token:
+    description: S3 session token for temporary credentials.
+    type: str
+    aliases: [aws_session_token]
+  profile:
+    description: A named profile of the AWS shared credentials files.
+    type: str
+    aliases: [aws_profile]
+  s3_sse:
+    description:
+      - Server-side encryption asked of S3 for every object written. Independent of (and in addition to)
+        the client-side age encryption of backups.
+    type: str
+    choices: [none, AES256, "aws:kms"]
+    default: none
+  s3_kms_key_id:
+    description: The KMS key for O(s3_sse=aws:kms); empty means the bucket's default key.
+    type: str
+  s3_checksum:
+    description:
+      - When the S3 client adds integrity checksums to requests. Some S3-compatible stores reject
+        the checksums recent AWS SDKs add by default; V(when_required) is the remedy for them.
+      - Our own sha256 of every object is kept in the manifest either way.
+    type: str
+    choices: [when_supported, when_required]
+    default: when_supported
+  validate_certs:
+    description: Verify the TLS certificate of O(s3_endpoint_url).
+    type: bool
+    default: true
+"""
+
+    ENCRYPTION_IDENTITY = r"""
+options:
+  encryption_identity:
+    description:
+      - The age secret key(s) to read encrypted backups, as the key text (V(AGE-SECRET-KEY-1...), one
+        per line) or the path of a file holding them on the managed host.
+      - Never shown in output.
+    type: str
+"""

@@ -1,0 +1,112 @@
+"""Pytest fixtures: one set of real services per test session, plus factories for fault tests.
+
+Services that fail to start fail the run with their log; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.harness.services import MotoS3Server, PostgresServer, RedisServer
+
+# An ACL user that may read data but holds no admin rights (no SYNC/REPLCONF/CONFIG/BGSAVE).
+REDIS_LIMITED_USER = "limited"
+REDIS_LIMITED_PASSWORD = "harness-limited-secret"
+REDIS_LIMITED_ACL = "%s on >%s ~* &* +@all -@admin -@dangerous" % (REDIS_LIMITED_USER, REDIS_LIMITED_PASSWORD)
+# An ACL user with exactly what a replication-protocol backup needs.
+REDIS_BACKUP_USER = "backup"
+REDIS_BACKUP_PASSWORD = "harness-backup-secret"
+REDIS_BACKUP_ACL = "%s on >%s ~* &* +@read +info +ping +sync +replconf" % (REDIS_BACKUP_USER, REDIS_BACKUP_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def harness_dir() -> t.Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="runbook-harness-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class _Services:
+    """Stops what it started, in reverse order, whatever happened."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: t.List[t.Any] = []
+
+    def add(self, service: t.Any) -> t.Any:
+        self.started.append(service)
+        return service.start()
+
+    def workdir(self, name: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=name + "-", dir=self.root))
+
+    def stop_all(self) -> None:
+        for service in reversed(self.started):
+            service.stop()
+        self.started.clear()
+
+
+@pytest.fixture(scope="session")
+def _session_services(harness_dir: Path) -> t.Iterator[_Services]:
+    services = _Services(harness_dir)
+    yield services
+    services.stop_all()
+
+
+@pytest.fixture
+def service_factory(harness_dir: Path) -> t.Iterator[_Services]:
+    """Start private services for one test (to stop or kill them mid-operation)."""
+    services = _Services(harness_dir)
+    yield services
+    services.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres(_session_services: _Services) -> PostgresServer:
+    return _session_services.add(PostgresServer(_session_services.workdir("pg")))
+
+
+@pytest.fixture(scope="session")
+def redis_plain(_session_services: _Services) -> RedisServer:
+    return _session_services.add(RedisServer(_session_services.workdir("redis-plain"), name="redis-plain",
+                                             users=[REDIS_BACKUP_ACL]))
+
+
+@pytest.fixture(scope="session")
+def redis_aof(_session_services: _Services) -> RedisServer:
+    return _session_services.add(RedisServer(_session_services.workdir("redis-aof"), name="redis-aof",
+                                             appendonly=True))
+
+
+@pytest.fixture(scope="session")
+def redis_acl(_session_services: _Services) -> RedisServer:
+    return _session_services.add(RedisServer(_session_services.workdir("redis-acl"), name="redis-acl",
+                                             users=[REDIS_LIMITED_ACL, REDIS_BACKUP_ACL]))
+
+
+@pytest.fixture(scope="session")
+def s3_server(_session_services: _Services) -> MotoS3Server:
+    return _session_services.add(MotoS3Server(_session_services.workdir("s3")))
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoS3Server) -> str:
+    """A fresh, empty bucket for one test."""
+    return s3_server.create_bucket("test-%s" % uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["file", "s3"])
+def repository(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
+    """Repository options for both backends; every backend-neutral test runs on each."""
+    if request.param == "file":
+        return {"repository": "file://%s" % (tmp_path / "repo")}
+    server = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return server.repository_options(bucket)
