@@ -77,3 +77,43 @@ options:
       - Never shown in output.
     type: str
 """
+
+    BACKUP_JOB = r"""
+options:
+  set:
+    description:
+      - The backup set: the name that groups backups of the same thing in the repository
+        (C(<kind>/<set>/<backup_id>/)); retention and "latest" work per set.
+    type: str
+  labels:
+    description: Free-form string labels recorded in the manifest and shown by M(runbook.ops.backup_repo).
+    type: dict
+    default: {}
+  max_age:
+    description:
+      - When the newest complete backup of this set finished less than this long ago (V(6h), V(1d), ...),
+        do nothing and return RV(skipped=true) with C(changed=false). Makes scheduled runs idempotent.
+    type: str
+  retention:
+    description:
+      - Which backups of this set to keep after a B(successful) backup, with restic C(forget) meaning;
+        the kept set is the union of all rules and always includes the newest complete backup.
+        Never applied after a failed backup.
+    type: dict
+    suboptions:
+      keep_last:
+        description: Keep the newest N backups.
+        type: int
+      keep_hourly:
+        description: Keep the newest backup of each of the last N hours that have one (UTC).
+        type: int
+      keep_daily:
+        description: Keep the newest backup of each of the last N days that have one (UTC).
+        type: int
+      keep_weekly:
+        description: Keep the newest backup of each of the last N ISO weeks that have one.
+        type: int
+      keep_monthly:
+        description: Keep the newest backup of each of the last N months that have one.
+        type: int
+"""
