@@ -6,4 +6,5 @@ ensure_collection_path()
 
 pytest_plugins = [
     "tests.harness.fixtures",
+    "tests.harness.fixtures_k8s",
 ]

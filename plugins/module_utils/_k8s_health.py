@@ -1,0 +1,590 @@
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The checks behind ``runbook.ops.k8s_health``: read a cluster with one paged list per kind and
+turn what is wrong into findings.
+
+The evaluation functions (``check_*``) are pure: objects in, findings out, so they are unit tested
+without a cluster. :func:`run_health` does the reading and the bookkeeping (per-namespace summary,
+``unknown`` findings where the credentials may not read something).
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+
+from ansible_collections.runbook.ops.plugins.module_utils._common import (
+    RunbookError, Stopwatch, isoformat, parse_duration, parse_time,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._findings import (
+    finding, reaches, sort_findings, summarize, worst,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, K8sForbidden, K8sNotFound
+
+CHECKS = ("workloads", "pods", "services", "pvcs", "events", "certificates", "jobs", "nodes")
+DEFAULT_EXCLUDE = ("kube-system", "kube-public", "kube-node-lease")
+
+# check -> the (api_version, plural) lists it needs
+READS: t.Dict[str, t.Tuple[t.Tuple[str, str], ...]] = {
+    "workloads": (("apps/v1", "deployments"), ("apps/v1", "statefulsets"), ("apps/v1", "daemonsets")),
+    "pods": (("v1", "pods"),),
+    "services": (("v1", "services"), ("discovery.k8s.io/v1", "endpointslices")),
+    "pvcs": (("v1", "persistentvolumeclaims"),),
+    "events": (("v1", "events"),),
+    "certificates": (("cert-manager.io/v1", "certificates"),),
+    "jobs": (("batch/v1", "jobs"),),
+}
+# Lists the label_selector applies to (events and endpoint slices are matched to their objects).
+SELECTABLE = {"deployments", "statefulsets", "daemonsets", "pods", "services", "persistentvolumeclaims",
+              "certificates", "jobs"}
+
+POD_CRITICAL_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
+                        "CreateContainerError", "InvalidImageName", "RunContainerError")
+
+
+class Thresholds:
+    def __init__(self, restart_warning: int = 3, pod_pending_grace: float = 300.0, pod_not_ready_grace: float = 300.0,
+                 event_window: float = 3600.0, cert_warning_days: float = 30.0, cert_critical_days: float = 7.0) -> None:
+        self.restart_warning = restart_warning
+        self.pod_pending_grace = pod_pending_grace
+        self.pod_not_ready_grace = pod_not_ready_grace
+        self.event_window = event_window
+        self.cert_warning_days = cert_warning_days
+        self.cert_critical_days = cert_critical_days
+
+    @classmethod
+    def from_params(cls, params: t.Mapping[str, t.Any]) -> "Thresholds":
+        thresholds = cls(
+            restart_warning=int(params.get("restart_warning", 3)),
+            pod_pending_grace=parse_duration(params.get("pod_pending_grace", "5m"), "pod_pending_grace") or 0.0,
+            pod_not_ready_grace=parse_duration(params.get("pod_not_ready_grace", "5m"), "pod_not_ready_grace") or 0.0,
+            event_window=parse_duration(params.get("event_window", "1h"), "event_window") or 0.0,
+            cert_warning_days=float(params.get("cert_warning_days", 30)),
+            cert_critical_days=float(params.get("cert_critical_days", 7)),
+        )
+        if thresholds.cert_critical_days > thresholds.cert_warning_days:
+            raise RunbookError("cert_critical_days (%s) must not exceed cert_warning_days (%s)"
+                               % (thresholds.cert_critical_days, thresholds.cert_warning_days))
+        if thresholds.restart_warning < 1:
+            raise RunbookError("restart_warning must be at least 1")
+        return thresholds
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _meta(obj: dict) -> dict:
+    return obj.get("metadata") or {}
+
+
+def _ref(obj: dict, kind: t.Optional[str] = None) -> str:
+    meta = _meta(obj)
+    return "/".join(p for p in (kind or obj.get("kind", ""), meta.get("namespace"), meta.get("name")) if p)
+
+
+def _time(value: t.Optional[str]) -> t.Optional[datetime.datetime]:
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except RunbookError:
+        return None
+
+
+def _age(now: datetime.datetime, value: t.Optional[str]) -> t.Optional[float]:
+    moment = _time(value)
+    return None if moment is None else (now - moment).total_seconds()
+
+
+def _condition(obj: dict, kind: str) -> t.Optional[dict]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return cond
+    return None
+
+
+def _human(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return "%d%s" % (seconds // size, unit)
+    return "%ds" % seconds
+
+
+def _f(severity: str, check: str, obj: str, message: str, namespace: t.Optional[str], **details: t.Any) -> dict:
+    details = {k: v for k, v in details.items() if v is not None}
+    if namespace:
+        details["namespace"] = namespace
+    return finding(severity, check, obj, message, details)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure checks
+
+
+def check_workload(obj: dict) -> t.Optional[dict]:
+    """Deployment / StatefulSet / DaemonSet: ready vs desired, observed generation, progress deadline."""
+    kind, meta, spec, status = obj.get("kind", ""), _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    if kind == "DaemonSet":
+        desired, ready = int(status.get("desiredNumberScheduled") or 0), int(status.get("numberReady") or 0)
+    else:
+        desired = int(spec["replicas"]) if spec.get("replicas") is not None else 1
+        ready = int(status.get("readyReplicas") or 0)
+    problems = []
+    generation, observed = meta.get("generation"), status.get("observedGeneration")
+    if generation is not None and (observed is None or int(observed) < int(generation)):
+        problems.append("generation %s not observed by its controller yet (observed %s)" % (generation, observed))
+    if ready < desired:
+        problems.append("%d/%d replicas ready" % (ready, desired))
+    progressing = _condition(obj, "Progressing")
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        problems.append("rollout exceeded its progress deadline: %s" % (progressing.get("message") or ""))
+    if not problems:
+        return None
+    severity = "critical" if desired > 0 and ready == 0 else "warning"
+    return _f(severity, "workloads", _ref(obj), "; ".join(problems), meta.get("namespace"),
+              desired=desired, ready=ready, generation=generation, observed_generation=observed,
+              reason=progressing.get("reason") if progressing else None)
+
+
+def workload_ready(obj: dict) -> bool:
+    return check_workload(obj) is None
+
+
+def _container_statuses(pod: dict) -> t.List[dict]:
+    status = pod.get("status") or {}
+    return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+
+
+def pod_restarts(pod: dict) -> int:
+    return sum(int(c.get("restartCount") or 0) for c in _container_statuses(pod))
+
+
+def pod_ready(pod: dict) -> bool:
+    cond = _condition(pod, "Ready")
+    return bool(cond and cond.get("status") == "True")
+
+
+def check_pod(pod: dict, now: datetime.datetime, th: Thresholds) -> t.Optional[dict]:
+    """One finding per Pod with every problem it has; severity is the worst of them."""
+    meta, status = _meta(pod), pod.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    if phase == "Succeeded" or meta.get("deletionTimestamp"):
+        return None
+    severities: t.List[str] = []
+    reasons: t.List[str] = []
+    problems: t.List[str] = []
+    for cstat in _container_statuses(pod):
+        name = cstat.get("name", "?")
+        waiting = (cstat.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in POD_CRITICAL_WAITING:
+            severities.append("critical")
+            reasons.append(waiting["reason"])
+            problems.append("container %s: %s%s" % (name, waiting["reason"],
+                                                    " (%s)" % waiting["message"] if waiting.get("message") else ""))
+        last = (cstat.get("lastState") or {}).get("terminated") or {}
+        if last.get("reason") == "OOMKilled":
+            severities.append("critical")
+            reasons.append("OOMKilled")
+            problems.append("container %s: last run was OOMKilled" % name)
+    restarts = pod_restarts(pod)
+    if restarts >= th.restart_warning:
+        severities.append("warning")
+        reasons.append("Restarts")
+        problems.append("%d restarts (threshold %d)" % (restarts, th.restart_warning))
+    if phase == "Pending":
+        age = _age(now, status.get("startTime") or meta.get("creationTimestamp"))
+        if age is not None and age >= th.pod_pending_grace:
+            sched = _condition(pod, "PodScheduled") or {}
+            why = sched.get("message") if sched.get("status") == "False" else ""
+            severities.append("warning")
+            reasons.append("Pending")
+            problems.append("Pending for %s%s" % (_human(age), ": %s" % why if why else ""))
+    elif phase == "Running" and not pod_ready(pod):
+        cond = _condition(pod, "Ready") or {}
+        age = _age(now, cond.get("lastTransitionTime") or status.get("startTime") or meta.get("creationTimestamp"))
+        if age is not None and age >= th.pod_not_ready_grace and "critical" not in severities:
+            severities.append("warning")
+            reasons.append("NotReady")
+            problems.append("not ready for %s" % _human(age))
+    elif phase in ("Failed", "Unknown"):
+        owner_kinds = {o.get("kind") for o in meta.get("ownerReferences") or []}
+        if "Job" not in owner_kinds:
+            severities.append("warning")
+            reasons.append(status.get("reason") or phase)
+            problems.append("phase %s%s" % (phase, ": %s" % status["message"] if status.get("message") else ""))
+    if not severities:
+        return None
+    return _f(worst(severities), "pods", _ref(pod, "Pod"), "; ".join(problems), meta.get("namespace"),
+              reasons=reasons, phase=phase, restarts=restarts, ready=pod_ready(pod), node=(pod.get("spec") or {}).get("nodeName"))
+
+
+def ready_endpoints(slices: t.Iterable[dict]) -> int:
+    count = 0
+    for eps in slices:
+        for endpoint in eps.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is not False:
+                count += len(endpoint.get("addresses") or []) and 1
+    return count
+
+
+def check_service(svc: dict, slices: t.Sequence[dict]) -> t.Optional[dict]:
+    spec = svc.get("spec") or {}
+    if not spec.get("selector") or spec.get("type") == "ExternalName":
+        return None
+    ready = ready_endpoints(slices)
+    if ready:
+        return None
+    total = sum(len(s.get("endpoints") or []) for s in slices)
+    selector = ",".join("%s=%s" % kv for kv in sorted(spec["selector"].items()))
+    return _f("critical", "services", _ref(svc, "Service"),
+              "no ready endpoints (%d not ready) for selector %s" % (total, selector), _meta(svc).get("namespace"),
+              selector=spec["selector"], endpoints=total, ready_endpoints=0)
+
+
+def check_pvc(pvc: dict) -> t.Optional[dict]:
+    phase = (pvc.get("status") or {}).get("phase") or "Pending"
+    ns = _meta(pvc).get("namespace")
+    if phase == "Lost":
+        return _f("critical", "pvcs", _ref(pvc, "PersistentVolumeClaim"),
+                  "Lost: its PersistentVolume %s is gone" % ((pvc.get("spec") or {}).get("volumeName") or "?"), ns, phase=phase)
+    if phase == "Pending":
+        spec = pvc.get("spec") or {}
+        return _f("warning", "pvcs", _ref(pvc, "PersistentVolumeClaim"),
+                  "Pending: not bound to a volume (storage class %s)" % (spec.get("storageClassName") or "default"), ns,
+                  phase=phase, storage_class=spec.get("storageClassName"))
+    return None
+
+
+def event_time(event: dict) -> t.Optional[datetime.datetime]:
+    series = event.get("series") or {}
+    for value in (series.get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
+                  event.get("firstTimestamp"), _meta(event).get("creationTimestamp")):
+        moment = _time(value)
+        if moment is not None:
+            return moment
+    return None
+
+
+def check_events(events: t.Iterable[dict], now: datetime.datetime, th: Thresholds) -> t.List[dict]:
+    """Warning events within the window, grouped by involved object and reason."""
+    groups: t.Dict[t.Tuple[str, str, str, str], dict] = {}
+    for event in events:
+        if event.get("type") != "Warning":
+            continue
+        moment = event_time(event)
+        if moment is None or (now - moment).total_seconds() > th.event_window or moment > now + datetime.timedelta(minutes=5):
+            continue
+        inv = event.get("involvedObject") or event.get("regarding") or {}
+        ns = inv.get("namespace") or _meta(event).get("namespace") or ""
+        key = (inv.get("kind", ""), ns, inv.get("name", ""), event.get("reason", ""))
+        count = int((event.get("series") or {}).get("count") or event.get("count") or 1)
+        group = groups.setdefault(key, {"count": 0, "last": moment, "message": event.get("message", "")})
+        group["count"] += count
+        if moment >= group["last"]:
+            group["last"], group["message"] = moment, event.get("message", "")
+    findings = []
+    for (kind, ns, name, reason), group in groups.items():
+        obj = "/".join(p for p in (kind, ns, name) if p)
+        severity = "warning" if group["count"] > 1 else "info"
+        findings.append(_f(severity, "events", obj, "%s x%d (last %s ago): %s" % (
+            reason, group["count"], _human((now - group["last"]).total_seconds()), group["message"]), ns or None,
+            reason=reason, count=group["count"], last_seen=isoformat(group["last"])))
+    return findings
+
+
+def check_certificate(cert: dict, now: datetime.datetime, th: Thresholds) -> t.Optional[dict]:
+    meta, status = _meta(cert), cert.get("status") or {}
+    ns = meta.get("namespace")
+    ready = _condition(cert, "Ready")
+    not_after = _time(status.get("notAfter"))
+    days_left = None if not_after is None else round((not_after - now).total_seconds() / 86400.0, 2)
+    details = dict(not_after=status.get("notAfter"), days_left=days_left, secret=(cert.get("spec") or {}).get("secretName"),
+                   renewal_time=status.get("renewalTime"))
+    if days_left is not None and days_left <= 0:
+        return _f("critical", "certificates", _ref(cert, "Certificate"), "expired %s ago (notAfter %s)" % (
+            _human(-days_left * 86400), status.get("notAfter")), ns, **details)
+    if not ready or ready.get("status") != "True":
+        why = (ready or {}).get("reason") or "no Ready condition"
+        msg = (ready or {}).get("message")
+        return _f("critical", "certificates", _ref(cert, "Certificate"),
+                  "not Ready (%s)%s" % (why, ": %s" % msg if msg else ""), ns, reason=why, **details)
+    if days_left is not None and days_left <= th.cert_critical_days:
+        return _f("critical", "certificates", _ref(cert, "Certificate"), "expires in %s (notAfter %s, critical below %g days)"
+                  % (_human(days_left * 86400), status.get("notAfter"), th.cert_critical_days), ns, **details)
+    if days_left is not None and days_left <= th.cert_warning_days:
+        return _f("warning", "certificates", _ref(cert, "Certificate"), "expires in %s (notAfter %s, warning below %g days)"
+                  % (_human(days_left * 86400), status.get("notAfter")), ns, **details)
+    return None
+
+
+def _job_failed(job: dict) -> t.Optional[dict]:
+    cond = _condition(job, "Failed")
+    return cond if cond and cond.get("status") == "True" else None
+
+
+def _job_done(job: dict) -> bool:
+    return bool(_job_failed(job) or (_condition(job, "Complete") or {}).get("status") == "True")
+
+
+def check_jobs(jobs: t.Sequence[dict]) -> t.List[dict]:
+    """Failed Jobs; for Jobs a CronJob owns, only whether the CronJob's last finished run failed."""
+    findings = []
+    by_cron: t.Dict[t.Tuple[str, str], t.List[dict]] = {}
+    for job in jobs:
+        owner = next((o for o in _meta(job).get("ownerReferences") or [] if o.get("kind") == "CronJob"), None)
+        if owner:
+            by_cron.setdefault((_meta(job).get("namespace", ""), owner.get("name", "")), []).append(job)
+            continue
+        failed = _job_failed(job)
+        if failed:
+            findings.append(_f("warning", "jobs", _ref(job, "Job"), "failed: %s%s" % (
+                failed.get("reason") or "Failed", " (%s)" % failed["message"] if failed.get("message") else ""),
+                _meta(job).get("namespace"), reason=failed.get("reason"), failed_pods=(job.get("status") or {}).get("failed")))
+    for (ns, cron), owned in by_cron.items():
+        finished = [j for j in owned if _job_done(j)]
+        if not finished:
+            continue
+        last = max(finished, key=lambda j: ((j.get("status") or {}).get("startTime") or _meta(j).get("creationTimestamp") or "",
+                                            _meta(j).get("name", "")))
+        failed = _job_failed(last)
+        if failed:
+            findings.append(_f("warning", "jobs", "CronJob/%s/%s" % (ns, cron), "last run %s failed: %s%s" % (
+                _meta(last).get("name"), failed.get("reason") or "Failed",
+                " (%s)" % failed["message"] if failed.get("message") else ""), ns,
+                job=_meta(last).get("name"), reason=failed.get("reason")))
+    return findings
+
+
+def check_node(node: dict) -> t.Optional[dict]:
+    problems, severities = [], []
+    ready = _condition(node, "Ready")
+    if not ready or ready.get("status") != "True":
+        severities.append("critical")
+        problems.append("NotReady (%s)" % ((ready or {}).get("reason") or (ready or {}).get("status") or "no Ready condition"))
+    for kind in ("MemoryPressure", "DiskPressure", "PIDPressure"):
+        cond = _condition(node, kind)
+        if cond and cond.get("status") == "True":
+            severities.append("warning")
+            problems.append(kind)
+    cond = _condition(node, "NetworkUnavailable")
+    if cond and cond.get("status") == "True":
+        severities.append("critical")
+        problems.append("NetworkUnavailable")
+    if (node.get("spec") or {}).get("unschedulable"):
+        severities.append("info")
+        problems.append("cordoned (unschedulable)")
+    if not problems:
+        return None
+    return _f(worst(severities), "nodes", _ref(node, "Node"), "; ".join(problems), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the cluster
+
+
+class _Scope:
+    """The namespaces to check (None: all not excluded) and what reading them cost."""
+
+    def __init__(self, names: t.Optional[t.List[str]], exclude: t.Sequence[str]) -> None:
+        self.names = names
+        self.exclude = set(exclude)
+
+    def wanted(self, namespace: str) -> bool:
+        if self.names is not None:
+            return namespace in self.names
+        return namespace not in self.exclude
+
+
+def _select_namespaces(client: K8sClient, params: t.Mapping[str, t.Any],
+                       findings: t.List[dict]) -> t.Optional[t.List[str]]:
+    """The namespaces to check, or None when they cannot be listed (an ``unknown`` finding says so)."""
+    explicit = params.get("namespaces")
+    exclude = set(params.get("exclude_namespaces") or [])
+    selector = params.get("namespace_selector")
+    if explicit:
+        names = [n for n in dict.fromkeys(explicit) if n not in exclude]
+        try:
+            existing = {_meta(n)["name"] for n in client.list("v1", "namespaces")}
+        except K8sForbidden:
+            return names  # cannot verify; the lists below will say what they can read
+        for name in names:
+            if name not in existing:
+                findings.append(_f("warning", "namespaces", "Namespace/%s" % name, "namespace does not exist", name))
+        return [n for n in names if n in existing]
+    try:
+        items = client.list("v1", "namespaces", label_selector=selector)
+    except K8sForbidden as exc:
+        findings.append(_f("unknown", "namespaces", "Namespace/*",
+                           "cannot list namespaces (%s); set namespaces to check specific ones" % exc.api_message, None,
+                           error=str(exc)))
+        return None
+    return sorted(_meta(n)["name"] for n in items if _meta(n)["name"] not in exclude)
+
+
+def _unknown(check: str, plural: str, namespace: str, exc: K8sError) -> dict:
+    where = "in namespace %s" % namespace if namespace != "*" else "in any namespace"
+    return _f("unknown", check, "%s/%s/*" % (plural, namespace) if namespace != "*" else "%s/*" % plural,
+              "could not check: may not list %s %s (%s)" % (plural, where, exc.api_message or exc.reason or exc.status),
+              None if namespace == "*" else namespace, status=exc.status, resource=plural)
+
+
+def run_health(client: K8sClient, params: t.Mapping[str, t.Any]) -> dict:
+    """Everything ``k8s_health`` returns (plus ``_fail_msg`` when ``fail_on`` is reached)."""
+    stopwatch = Stopwatch()
+    now = parse_time(params.get("now"), "now")
+    th = Thresholds.from_params(params)
+    checks = list(dict.fromkeys(params.get("checks") or CHECKS))
+    unknown_checks = [c for c in checks if c not in CHECKS]
+    if unknown_checks:
+        raise RunbookError("unknown checks: %s (choose from %s)" % (", ".join(unknown_checks), ", ".join(CHECKS)))
+    label_selector = params.get("label_selector")
+    findings: t.List[dict] = []
+    namespaces = _select_namespaces(client, params, findings)
+    exclude = params.get("exclude_namespaces") or []
+    per_ns: t.Dict[str, dict] = {ns: _ns_summary() for ns in namespaces or []}
+    not_applicable: t.List[str] = []
+    ran: t.List[str] = []
+
+    def read(check: str, api_version: str, plural: str) -> t.Dict[str, t.List[dict]]:
+        selector = label_selector if plural in SELECTABLE else None
+        field = "type=Warning" if plural == "events" else None
+        by_ns, errors = client.list_namespaces(api_version, plural, namespaces, selector, field)
+        for ns, exc in errors.items():
+            if isinstance(exc, K8sNotFound):
+                # A list answers 404 only when the resource type is not served (CRD not installed).
+                raise _NotServed()
+            findings.append(_unknown(check, plural, ns, exc))
+        if namespaces is None:
+            return {ns: items for ns, items in by_ns.items() if ns not in exclude}
+        return by_ns
+
+    for check in checks:
+        if check == "nodes":
+            continue
+        if namespaces is not None and not namespaces:
+            continue
+        before = len(findings)
+        try:
+            lists = {plural: read(check, api_version, plural) for api_version, plural in READS[check]}
+        except _NotServed:
+            not_applicable.append(check)
+            continue
+        ran.append(check)
+        _evaluate(check, lists, now, th, findings, per_ns, namespaces is None)
+        if not any(f["check"] == check and f["severity"] != "ok" for f in findings[before:]):
+            count = sum(len(items) for plural_lists in lists.values() for items in plural_lists.values())
+            findings.append(_f("ok", check, "*", "%d %s checked, nothing to report" % (count, _noun(check, lists)), None,
+                               objects=count))
+    if "nodes" in checks:
+        try:
+            nodes = client.list("v1", "nodes")
+        except K8sForbidden as exc:
+            findings.append(_unknown("nodes", "nodes", "*", exc))
+        else:
+            ran.append("nodes")
+            node_findings = [f for f in (check_node(n) for n in nodes) if f]
+            findings.extend(node_findings)
+            if not node_findings:
+                findings.append(_f("ok", "nodes", "*", "%d nodes Ready, none under pressure" % len(nodes), None,
+                                   objects=len(nodes)))
+
+    for item in findings:
+        ns = item["details"].get("namespace")
+        if ns and ns in per_ns:
+            per_ns[ns]["_severities"].append(item["severity"])
+    for ns, summary in per_ns.items():
+        summary["status"] = worst(summary.pop("_severities"))
+        summary["services_without_endpoints"].sort()
+    findings = sort_findings(findings)
+    status, summary = summarize(findings)
+    result = {
+        "changed": False,
+        "status": status,
+        "summary": summary,
+        "findings": findings,
+        "namespaces": per_ns,
+        "checks_run": ran,
+        "checks_not_applicable": not_applicable,
+        "checked_at": isoformat(now),
+        "api_requests": client.requests,
+        "duration_s": stopwatch.elapsed,
+    }
+    fail_on = params.get("fail_on") or "never"
+    if reaches(status, fail_on):
+        result["_fail_msg"] = "cluster health is %s (fail_on: %s): %s" % (status, fail_on, ", ".join(
+            "%d %s" % (summary[s], s) for s in ("critical", "unknown", "warning") if summary[s]))
+    return result
+
+
+class _NotServed(Exception):
+    """The API server does not serve the resource (e.g. the cert-manager CRD is not installed)."""
+
+
+def _noun(check: str, lists: t.Mapping[str, t.Any]) -> str:
+    return {"workloads": "workloads", "pods": "pods", "services": "services", "pvcs": "PVCs",
+            "events": "warning events", "certificates": "certificates", "jobs": "jobs"}.get(check, "objects")
+
+
+def _ns_summary() -> dict:
+    return {"status": "ok", "workloads": {"ready": 0, "total": 0},
+            "pods": {"running": 0, "ready": 0, "total": 0, "restarts": 0},
+            "services_without_endpoints": [], "_severities": []}
+
+
+def _evaluate(check: str, lists: t.Mapping[str, t.Dict[str, t.List[dict]]], now: datetime.datetime, th: Thresholds,
+              findings: t.List[dict], per_ns: t.Dict[str, dict], open_scope: bool) -> None:
+    def summary(ns: str) -> t.Optional[dict]:
+        if ns not in per_ns and open_scope:
+            per_ns[ns] = _ns_summary()
+        return per_ns.get(ns)
+
+    if check == "workloads":
+        for plural in ("deployments", "statefulsets", "daemonsets"):
+            for ns, items in lists[plural].items():
+                for obj in items:
+                    result = check_workload(obj)
+                    if result:
+                        findings.append(result)
+                    s = summary(ns)
+                    if s is not None:
+                        s["workloads"]["total"] += 1
+                        s["workloads"]["ready"] += result is None
+    elif check == "pods":
+        for ns, pods in lists["pods"].items():
+            for pod in pods:
+                result = check_pod(pod, now, th)
+                if result:
+                    findings.append(result)
+                s = summary(ns)
+                if s is not None:
+                    s["pods"]["total"] += 1
+                    s["pods"]["running"] += (pod.get("status") or {}).get("phase") == "Running"
+                    s["pods"]["ready"] += pod_ready(pod)
+                    s["pods"]["restarts"] += pod_restarts(pod)
+    elif check == "services":
+        for ns, services in lists["services"].items():
+            slices_by_service: t.Dict[str, t.List[dict]] = {}
+            for eps in lists["endpointslices"].get(ns, []):
+                svc_name = (_meta(eps).get("labels") or {}).get("kubernetes.io/service-name")
+                if svc_name:
+                    slices_by_service.setdefault(svc_name, []).append(eps)
+            for svc in services:
+                result = check_service(svc, slices_by_service.get(_meta(svc)["name"], []))
+                if result:
+                    findings.append(result)
+                    s = summary(ns)
+                    if s is not None:
+                        s["services_without_endpoints"].append(_meta(svc)["name"])
+    elif check == "pvcs":
+        for ns, pvcs in lists["persistentvolumeclaims"].items():
+            findings.extend(f for f in (check_pvc(p) for p in pvcs) if f)
+    elif check == "events":
+        findings.extend(check_events((e for items in lists["events"].values() for e in items), now, th))
+    elif check == "certificates":
+        for ns, certs in lists["certificates"].items():
+            findings.extend(f for f in (check_certificate(c, now, th) for c in certs) if f)
+    elif check == "jobs":
+        findings.extend(check_jobs([j for items in lists["jobs"].values() for j in items]))

@@ -1,0 +1,723 @@
+"""A real Kubernetes API on loopback: etcd, kube-apiserver and kube-controller-manager, no kubelet.
+
+``KubeCluster(workdir).start()`` generates a CA, serving certificate, service-account keys and a
+static token file, starts the three processes on free ports (pid files and logs in ``workdir``),
+installs a test-written cert-manager ``Certificate`` CRD and writes kubeconfigs:
+
+* ``admin.kubeconfig``   the admin user (group ``system:masters``);
+* ``contexts.kubeconfig`` contexts ``admin``, ``restricted`` (a user with no permissions until a test
+  binds it to a Role) and ``unreachable`` (a closed port); current context ``restricted``.
+
+``KubeCluster.attach(workdir).stop()`` stops a cluster another process started (the lab).
+``Kubelet`` plays the node agent: it binds Pods to a fake Node and sets their status through the
+status subresource, creates EndpointSlices and Events. ``seed_lab`` fills a cluster like a small
+platform (namespaces ``auth`` and ``policy``).
+
+Binaries: ``$RUNBOOK_K8S_BIN``, else ``$KUBEBUILDER_ASSETS`` (per binary), else what
+``scripts/k8s-binaries`` prints (it builds them on first use). ``$RUNBOOK_TEST_KUBECONFIG`` points
+the tests at an existing cluster instead (kind, k3d, minikube).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import os
+import ssl
+import subprocess
+import time
+import typing as t
+import urllib.request
+from pathlib import Path
+
+from tests.harness.collection import REPO, ensure_collection_path
+from tests.harness.process import ManagedProcess, ServiceError, free_port
+
+ensure_collection_path()
+
+from ansible_collections.runbook.ops.plugins.module_utils import _k8s  # noqa: E402  pylint: disable=wrong-import-position
+
+ADMIN_TOKEN = "runbook-admin-token"
+RESTRICTED_TOKEN = "runbook-restricted-token"
+CONTROLLER_TOKEN = "runbook-controller-manager-token"
+RESTRICTED_USER = "restricted"
+NODE_NAME = "lab-node-1"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+CERTIFICATE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "certificates.cert-manager.io"},
+    "spec": {
+        "group": "cert-manager.io",
+        "names": {"kind": "Certificate", "listKind": "CertificateList", "plural": "certificates",
+                  "singular": "certificate", "shortNames": ["cert", "certs"]},
+        "scope": "Namespaced",
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            }},
+        }],
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Binaries
+
+
+def binary_dir() -> Path:
+    """The directory holding etcd, kube-apiserver and kube-controller-manager (built if needed)."""
+    explicit = os.environ.get("RUNBOOK_K8S_BIN")
+    if explicit:
+        return Path(explicit)
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and all((Path(assets) / name).exists() for name in BINARIES):
+        return Path(assets)
+    proc = subprocess.run([str(REPO / "scripts" / "k8s-binaries")], stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise ServiceError("scripts/k8s-binaries failed (exit %d): cannot get the Kubernetes test binaries"
+                           % proc.returncode)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _binary(bin_dir: Path, name: str) -> str:
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets and (Path(assets) / name).exists() and not os.environ.get("RUNBOOK_K8S_BIN"):
+        return str(Path(assets) / name)
+    path = bin_dir / name
+    if not path.exists():
+        raise ServiceError("%s not found in %s" % (name, bin_dir))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Certificates
+
+
+def _pki(workdir: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def write_key(path: Path, key: t.Any) -> None:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        path.chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "runbook-test-ca")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=3650))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    (workdir / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(workdir / "ca.key", ca_key)
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                      "kubernetes.default.svc.cluster.local")]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (workdir / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key(workdir / "apiserver.key", key)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_key(workdir / "sa.key", sa_key)
+    (workdir / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    tokens = workdir / "tokens.csv"
+    tokens.write_text("\n".join([
+        '%s,admin,uid-admin,"system:masters"' % ADMIN_TOKEN,
+        '%s,system:kube-controller-manager,uid-kcm,"system:masters"' % CONTROLLER_TOKEN,
+        '%s,%s,uid-restricted' % (RESTRICTED_TOKEN, RESTRICTED_USER),
+    ]) + "\n")
+    tokens.chmod(0o600)
+
+
+def kubeconfig_dict(server: str, ca_pem: bytes, users: t.Mapping[str, str],
+                    contexts: t.Mapping[str, t.Tuple[str, str]], current: str) -> dict:
+    """A kubeconfig: ``users`` maps user name to token, ``contexts`` maps name to (server, user)."""
+    servers = sorted({srv for srv, _ in contexts.values()} | {server})
+    cluster_names = {srv: "cluster-%d" % i for i, srv in enumerate(servers)}
+    return {
+        "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": current,
+        "clusters": [{"name": cluster_names[srv], "cluster": {
+            "server": srv, "certificate-authority-data": base64.b64encode(ca_pem).decode()}} for srv in servers],
+        "users": [{"name": name, "user": {"token": token}} for name, token in users.items()],
+        "contexts": [{"name": name, "context": {"cluster": cluster_names[srv], "user": user}}
+                     for name, (srv, user) in contexts.items()],
+    }
+
+
+def _write_kubeconfig(path: Path, config: dict) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cluster
+
+
+class KubeCluster:
+    """etcd + kube-apiserver + kube-controller-manager under ``workdir``."""
+
+    def __init__(self, workdir: t.Union[str, Path], bin_dir: t.Optional[Path] = None,
+                 controller_manager: bool = True) -> None:
+        self.workdir = Path(workdir)
+        self.bin_dir = bin_dir
+        self.with_controller_manager = controller_manager
+        self.etcd = ManagedProcess("etcd", self.workdir)
+        self.apiserver = ManagedProcess("kube-apiserver", self.workdir)
+        self.controller_manager = ManagedProcess("kube-controller-manager", self.workdir)
+        self.state_file = self.workdir / "cluster.json"
+        self.server = ""
+        self.external = False
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def contexts_kubeconfig(self) -> Path:
+        return self.workdir / "contexts.kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "ca.crt"
+
+    def auth(self, token: str = ADMIN_TOKEN) -> dict:
+        """Module auth options for a token user (no kubeconfig)."""
+        if self.external:
+            return {"kubeconfig": str(self.kubeconfig)}
+        return {"host": self.server, "api_key": token, "ca_cert": str(self.ca_file)}
+
+    def client(self, token: str = ADMIN_TOKEN) -> _k8s.K8sClient:
+        if self.external:
+            return _k8s.K8sClient.from_params({"kubeconfig": str(self.kubeconfig)})
+        return _k8s.K8sClient.from_params(self.auth(token))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def existing(cls, kubeconfig: t.Union[str, Path], workdir: t.Union[str, Path]) -> "KubeCluster":
+        """Use a running cluster (kind, k3d, minikube) instead of starting one: start/stop do nothing."""
+        cluster = cls(workdir)
+        cluster.external = True
+        cluster.workdir.mkdir(parents=True, exist_ok=True)
+        cluster.workdir.joinpath("admin.kubeconfig").write_bytes(Path(kubeconfig).read_bytes())
+        cluster.server = cluster.client().settings.host
+        return cluster
+
+    @classmethod
+    def attach(cls, workdir: t.Union[str, Path]) -> "KubeCluster":
+        """The cluster a previous ``start()`` left running in ``workdir`` (to query or stop it)."""
+        cluster = cls(workdir)
+        state = json.loads(cluster.state_file.read_text())
+        cluster.server = state["server"]
+        return cluster
+
+    def running(self) -> bool:
+        return self.apiserver.running() and self.etcd.running()
+
+    def start(self, timeout: float = 60.0) -> "KubeCluster":
+        if self.external:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        bin_dir = self.bin_dir or binary_dir()
+        try:
+            self._start(bin_dir, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, bin_dir: Path, timeout: float) -> None:
+        started = time.monotonic()
+        _pki(self.workdir)
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self.etcd.spawn([
+            _binary(bin_dir, "etcd"), "--name", "default", "--data-dir", str(self.workdir / "etcd-data"),
+            "--listen-client-urls", "http://127.0.0.1:%d" % etcd_port,
+            "--advertise-client-urls", "http://127.0.0.1:%d" % etcd_port,
+            "--listen-peer-urls", "http://127.0.0.1:%d" % peer_port,
+            "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer_port,
+            "--initial-cluster", "default=http://127.0.0.1:%d" % peer_port,
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ])
+        self.etcd.wait_port("127.0.0.1", etcd_port, timeout=timeout)
+        self.server = "https://127.0.0.1:%d" % api_port
+        wd = self.workdir
+        self.apiserver.spawn([
+            _binary(bin_dir, "kube-apiserver"),
+            "--etcd-servers", "http://127.0.0.1:%d" % etcd_port,
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
+            "--tls-cert-file", str(wd / "apiserver.crt"), "--tls-private-key-file", str(wd / "apiserver.key"),
+            "--client-ca-file", str(wd / "ca.crt"),
+            "--token-auth-file", str(wd / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(wd / "sa.pub"),
+            "--service-account-signing-key-file", str(wd / "sa.key"),
+            "--service-cluster-ip-range", "10.0.0.0/24",
+            "--allow-privileged=true",
+            # No kubelet: Pods must be creatable before the controller manager made the default
+            # ServiceAccount, and need no token volume.
+            "--disable-admission-plugins", "ServiceAccount",
+            # The kubernetes Service may not point at a loopback address: no endpoint reconciler.
+            "--endpoint-reconciler-type", "none",
+            "--profiling=false", "--v=0",
+        ])
+        self._write_state()
+        ca_pem = (wd / "ca.crt").read_bytes()
+        _write_kubeconfig(self.kubeconfig, kubeconfig_dict(
+            self.server, ca_pem, {"admin": ADMIN_TOKEN}, {"admin": (self.server, "admin")}, "admin"))
+        closed = "https://127.0.0.1:%d" % free_port()
+        _write_kubeconfig(self.contexts_kubeconfig, kubeconfig_dict(
+            self.server, ca_pem, {"admin": ADMIN_TOKEN, RESTRICTED_USER: RESTRICTED_TOKEN},
+            {"admin": (self.server, "admin"), "restricted": (self.server, RESTRICTED_USER),
+             "unreachable": (closed, "admin")}, "restricted"))
+        _write_kubeconfig(wd / "controller-manager.kubeconfig", kubeconfig_dict(
+            self.server, ca_pem, {"kcm": CONTROLLER_TOKEN}, {"kcm": (self.server, "kcm")}, "kcm"))
+        self.apiserver.wait_until(self._ready, timeout=timeout, what="ready (/readyz)")
+        if self.with_controller_manager:
+            self.controller_manager.spawn([
+                _binary(bin_dir, "kube-controller-manager"),
+                "--kubeconfig", str(wd / "controller-manager.kubeconfig"),
+                # Every default controller except the node lifecycle one: with no kubelet heartbeat
+                # it would mark the fake node NotReady and evict the Pods bound to it.
+                "--controllers", "*,-node-lifecycle-controller",
+                "--service-account-private-key-file", str(wd / "sa.key"),
+                "--root-ca-file", str(wd / "ca.crt"),
+                "--use-service-account-credentials=true",
+                "--leader-elect=false", "--secure-port=0",
+                "--concurrent-deployment-syncs", "10", "--concurrent-replicaset-syncs", "10",
+                "--v=0",
+            ])
+        admin = self.client()
+        admin.apply(CERTIFICATE_CRD)
+        deadline = time.monotonic() + timeout
+        while not _established(admin.get("apiextensions.k8s.io/v1", "customresourcedefinitions",
+                                         CERTIFICATE_CRD["metadata"]["name"])):
+            if time.monotonic() > deadline:
+                raise ServiceError("the Certificate CRD was not established within %ss" % timeout)
+            time.sleep(0.1)
+        if self.with_controller_manager:
+            self.controller_manager.wait_until(lambda: self._has_default_sa(admin), timeout=timeout,
+                                               what="running (default ServiceAccount created)")
+        self.started_in = round(time.monotonic() - started, 1)
+
+    def _has_default_sa(self, admin: _k8s.K8sClient) -> bool:
+        return admin.get("v1", "serviceaccounts", "default", "default", missing_ok=True) is not None
+
+    def _ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(self.server + "/readyz", context=context, timeout=2) as answer:  # nosec
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def _write_state(self) -> None:
+        self.state_file.write_text(json.dumps({"server": self.server, "kubeconfig": str(self.kubeconfig)}))
+
+    def stop(self) -> None:
+        """Stop every process (controller manager first, etcd last); safe to call more than once."""
+        if self.external:
+            return
+        for proc in (self.controller_manager, self.apiserver, self.etcd):
+            proc.stop()
+
+    def logs(self) -> str:
+        from tests.harness.process import log_tail
+
+        return "\n".join("== %s ==\n%s" % (p.name, log_tail(p.log_file)) for p in
+                         (self.etcd, self.apiserver, self.controller_manager))
+
+
+def _established(crd: t.Optional[dict]) -> bool:
+    for cond in ((crd or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Established" and cond.get("status") == "True":
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The kubelet's part
+
+
+def ts(moment: t.Optional[datetime.datetime] = None, ago: float = 0.0) -> str:
+    moment = moment or datetime.datetime.now(datetime.timezone.utc)
+    moment = moment - datetime.timedelta(seconds=ago)
+    return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kubelet:
+    """Plays the node agent against the API: Pod status, EndpointSlices, Events, a fake Node."""
+
+    def __init__(self, client: _k8s.K8sClient, node: str = NODE_NAME) -> None:
+        self.client = client
+        self.node = node
+        self._ip = 10
+
+    # -- nodes ----------------------------------------------------------------------------------
+
+    def ensure_node(self, name: t.Optional[str] = None, ready: bool = True,
+                    pressure: t.Sequence[str] = ()) -> dict:
+        """A Node object with the given Ready state and pressure conditions (MemoryPressure, ...)."""
+        name = name or self.node
+        node = self.client.get("v1", "nodes", name, missing_ok=True)
+        if node is None:
+            node = self.client.create("v1", "nodes", {"metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "runbook.test/fake": "true"}}})
+        now = ts()
+        conditions = [
+            {"type": kind, "status": "True" if kind in pressure else "False", "reason": "KubeletHas" + (
+                "" if kind in pressure else "No") + kind, "message": kind, "lastHeartbeatTime": now,
+             "lastTransitionTime": now}
+            for kind in ("MemoryPressure", "DiskPressure", "PIDPressure")]
+        conditions.append({"type": "Ready", "status": "True" if ready else "False",
+                           "reason": "KubeletReady" if ready else "KubeletNotReady",
+                           "message": "kubelet is posting ready status" if ready else "container runtime is down",
+                           "lastHeartbeatTime": now, "lastTransitionTime": now})
+        node["status"] = {"conditions": conditions, "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
+                          "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                          "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+        return self.client.update_status("v1", "nodes", node)
+
+    # -- pods -----------------------------------------------------------------------------------
+
+    def create_pod(self, namespace: str, name: str, labels: t.Optional[dict] = None, image: str = "example/app:1.0",
+                   containers: t.Sequence[str] = ("app",), owner: t.Optional[dict] = None) -> dict:
+        meta: dict = {"name": name, "namespace": namespace, "labels": dict(labels or {"app": name})}
+        if owner:
+            meta["ownerReferences"] = [owner]
+        return self.client.create("v1", "pods", {"metadata": meta, "spec": {
+            "containers": [{"name": c, "image": image} for c in containers]}}, namespace)
+
+    def bind(self, pod: dict) -> dict:
+        """Schedule the Pod onto the fake node (the binding subresource, as the scheduler does)."""
+        meta = pod["metadata"]
+        if not (pod.get("spec") or {}).get("nodeName"):
+            self.client.request("POST", _k8s.resource_path("v1", "pods", meta["namespace"], meta["name"], "binding"),
+                                body={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
+                                      "target": {"apiVersion": "v1", "kind": "Node", "name": self.node}},
+                                what="bind Pod/%s/%s" % (meta["namespace"], meta["name"]))
+        return self.client.get("v1", "pods", meta["name"], meta["namespace"])
+
+    def _next_ip(self) -> str:
+        self._ip += 1
+        return "10.244.%d.%d" % (self._ip // 250, self._ip % 250 + 2)
+
+    def set_status(self, namespace: str, name: str, phase: str = "Running", ready: bool = True,
+                   waiting: t.Optional[t.Tuple[str, str]] = None, restarts: int = 0,
+                   last_terminated: t.Optional[t.Tuple[str, int]] = None, started_ago: float = 600.0,
+                   ready_changed_ago: t.Optional[float] = None, scheduled: bool = True,
+                   unschedulable_message: str = "0/1 nodes are available: 1 Insufficient cpu.") -> dict:
+        """Write a Pod's status the way a kubelet would.
+
+        ``waiting`` is ``(reason, message)`` for every container (CrashLoopBackOff, ImagePullBackOff,
+        ...); ``last_terminated`` ``(reason, exit_code)`` such as ``("OOMKilled", 137)``;
+        ``scheduled=False`` leaves the Pod Pending and unschedulable.
+        """
+        pod = self.client.get("v1", "pods", name, namespace)
+        if scheduled and phase != "Pending":
+            pod = self.bind(pod)
+        start = ts(ago=started_ago)
+        changed = ts(ago=started_ago if ready_changed_ago is None else ready_changed_ago)
+        statuses = []
+        for container in pod["spec"]["containers"]:
+            status: dict = {"name": container["name"], "image": container["image"], "imageID": "",
+                            "restartCount": restarts, "ready": ready and waiting is None, "started": waiting is None}
+            if waiting:
+                status["state"] = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+            elif phase == "Running":
+                status["state"] = {"running": {"startedAt": start}}
+                status["containerID"] = "containerd://%s" % (name.encode().hex()[:32])
+            else:
+                status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+            if last_terminated:
+                status["lastState"] = {"terminated": {"reason": last_terminated[0], "exitCode": last_terminated[1],
+                                                      "startedAt": start, "finishedAt": ts(ago=30)}}
+            statuses.append(status)
+        is_ready = ready and waiting is None and phase == "Running"
+        conditions = [{"type": "PodScheduled", "status": "True" if scheduled else "False",
+                       "lastTransitionTime": start}]
+        if not scheduled:
+            conditions[0].update(reason="Unschedulable", message=unschedulable_message)
+        else:
+            conditions += [
+                {"type": "Initialized", "status": "True", "lastTransitionTime": start},
+                {"type": "ContainersReady", "status": "True" if is_ready else "False", "lastTransitionTime": changed},
+                {"type": "Ready", "status": "True" if is_ready else "False", "lastTransitionTime": changed},
+            ]
+            if not is_ready:
+                conditions[-1]["reason"] = conditions[-2]["reason"] = "ContainersNotReady"
+        pod["status"] = {"phase": phase, "conditions": conditions, "startTime": start, "qosClass": "BestEffort"}
+        if scheduled:
+            ip = self._next_ip()
+            pod["status"].update(hostIP="192.0.2.10", podIP=ip, podIPs=[{"ip": ip}], containerStatuses=statuses)
+        return self.client.update_status("v1", "pods", pod)
+
+    def running(self, namespace: str, name: str, **kwargs: t.Any) -> dict:
+        return self.set_status(namespace, name, "Running", True, **kwargs)
+
+    def not_ready(self, namespace: str, name: str, since: float = 900.0) -> dict:
+        return self.set_status(namespace, name, "Running", False, ready_changed_ago=since)
+
+    def crash_loop(self, namespace: str, name: str, restarts: int = 7) -> dict:
+        return self.set_status(namespace, name, "Running", False, restarts=restarts, last_terminated=("Error", 1),
+                               waiting=("CrashLoopBackOff", "back-off 5m0s restarting failed container"))
+
+    def image_pull_backoff(self, namespace: str, name: str, reason: str = "ImagePullBackOff") -> dict:
+        return self.set_status(namespace, name, "Pending", False, scheduled=True,
+                               waiting=(reason, 'Back-off pulling image "example/missing:0.0"'))
+
+    def oom_killed(self, namespace: str, name: str, restarts: int = 1) -> dict:
+        return self.set_status(namespace, name, "Running", True, restarts=restarts, last_terminated=("OOMKilled", 137))
+
+    def pending(self, namespace: str, name: str, since: float = 900.0) -> dict:
+        return self.set_status(namespace, name, "Pending", False, scheduled=False, started_ago=since)
+
+    def run_owned_pods(self, namespace: str, selector: str, timeout: float = 30.0, count: t.Optional[int] = None) -> int:
+        """Mark every Pod matching ``selector`` Running and Ready (the Pods a ReplicaSet created)."""
+        deadline = time.monotonic() + timeout
+        done: t.Set[str] = set()
+        while True:
+            pods = self.client.list("v1", "pods", namespace, label_selector=selector)
+            for pod in pods:
+                name = pod["metadata"]["name"]
+                if name not in done and not pod["metadata"].get("deletionTimestamp"):
+                    self.running(namespace, name)
+                    done.add(name)
+            if count is None or len(done) >= count or time.monotonic() > deadline:
+                return len(done)
+            time.sleep(0.2)
+
+    # -- endpoints and events -------------------------------------------------------------------
+
+    def endpoint_slice(self, namespace: str, service: str, ready: t.Sequence[bool] = (True,), port: int = 8080) -> dict:
+        """An EndpointSlice for ``service`` with one endpoint per entry of ``ready``."""
+        return self.client.create("discovery.k8s.io/v1", "endpointslices", {
+            "metadata": {"generateName": service + "-", "namespace": namespace, "labels": {
+                "kubernetes.io/service-name": service, "endpointslice.kubernetes.io/managed-by": "runbook-test"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [self._next_ip()], "conditions": {"ready": r}} for r in ready],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        }, namespace)
+
+    def event(self, namespace: str, involved: dict, reason: str, message: str, count: int = 1,
+              type_: str = "Warning", ago: float = 60.0, first_ago: t.Optional[float] = None) -> dict:
+        """A core/v1 Event about ``involved`` ({kind, name[, namespace, apiVersion]})."""
+        obj = {"kind": involved["kind"], "name": involved["name"],
+               "namespace": involved.get("namespace", namespace), "apiVersion": involved.get("apiVersion", "v1")}
+        return self.client.create("v1", "events", {
+            "metadata": {"generateName": "%s.%s." % (involved["name"], reason.lower()), "namespace": namespace},
+            "involvedObject": obj, "reason": reason, "message": message, "type": type_, "count": count,
+            "firstTimestamp": ts(ago=first_ago if first_ago is not None else ago), "lastTimestamp": ts(ago=ago),
+            "source": {"component": "kubelet", "host": self.node},
+        }, namespace)
+
+
+# ----------------------------------------------------------------------------------------------
+# Object builders shared by the tests, the lab and the benchmark
+
+
+def namespace(client: _k8s.K8sClient, name: str, labels: t.Optional[dict] = None) -> dict:
+    existing = client.get("v1", "namespaces", name, missing_ok=True)
+    if existing is not None:
+        return existing
+    return client.create("v1", "namespaces", {"metadata": {"name": name, "labels": dict(labels or {})}})
+
+
+def deployment(name: str, namespace_: str, replicas: int = 1, labels: t.Optional[dict] = None,
+               image: str = "example/app:1.0") -> dict:
+    labels = dict(labels or {"app": name})
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace_, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": labels["app"]}},
+                     "progressDeadlineSeconds": 600,
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "app", "image": image}]}}}}
+
+
+def service(name: str, namespace_: str, selector: t.Optional[dict] = None, port: int = 8080) -> dict:
+    spec: dict = {"ports": [{"name": "http", "port": port, "targetPort": port}]}
+    if selector is not None:
+        spec["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace_}, "spec": spec}
+
+
+def certificate(name: str, namespace_: str, not_after: datetime.datetime, ready: bool = True,
+                reason: str = "Ready", message: str = "Certificate is up to date and has not expired") -> dict:
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": {"name": name, "namespace": namespace_},
+            "spec": {"secretName": name + "-tls", "dnsNames": ["%s.%s.svc" % (name, namespace_)],
+                     "issuerRef": {"name": "lab-ca", "kind": "ClusterIssuer"}},
+            "_status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": reason,
+                                        "message": message, "lastTransitionTime": ts(ago=3600)}],
+                        "notBefore": ts(not_after - datetime.timedelta(days=90)), "notAfter": ts(not_after),
+                        "renewalTime": ts(not_after - datetime.timedelta(days=30))}}
+
+
+def create_certificate(client: _k8s.K8sClient, body: dict) -> dict:
+    """Create a Certificate and set its status through the status subresource (cert-manager's part)."""
+    body = dict(body)
+    status = body.pop("_status")
+    created = client.create("cert-manager.io/v1", "certificates", body)
+    created["status"] = status
+    return client.update_status("cert-manager.io/v1", "certificates", created)
+
+
+def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 30.0, what: str = "condition") -> t.Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(0.2)
+
+
+def grant_read(client: _k8s.K8sClient, namespace_: str, resources: t.Mapping[str, t.Sequence[str]],
+               user: str = RESTRICTED_USER, name: str = "runbook-restricted-read") -> None:
+    """Bind ``user`` to a Role in ``namespace_`` allowing get/list/watch on ``{api_group: [plurals]}``."""
+    rules = [{"apiGroups": [group], "resources": list(plurals), "verbs": ["get", "list", "watch"]}
+             for group, plurals in resources.items()]
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace_}, "rules": rules}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": name, "namespace": namespace_},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
+    client.apply(role)
+    client.apply(binding)
+
+
+# ----------------------------------------------------------------------------------------------
+# The lab
+
+
+def seed_lab(client: _k8s.K8sClient, now: t.Optional[datetime.datetime] = None, wait: float = 60.0) -> dict:
+    """Seed a cluster like a small platform; idempotent enough to run on a seeded cluster.
+
+    Namespaces ``auth`` and ``policy``: Deployments (their Pods marked Running/Ready), Services with
+    endpoints, Secrets, a PVC, a crash-looping Pod, a Service with no ready endpoints, and
+    cert-manager Certificates, one of them expiring in 5 days. Returns what it made, for messages.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    kubelet = Kubelet(client)
+    kubelet.ensure_node()
+    made: dict = {"namespaces": ["auth", "policy"], "problems": []}
+    layout = {
+        "auth": [("auth-service", 2), ("token-issuer", 1), ("session-store", 1)],
+        "policy": [("policy-engine", 2), ("policy-bundle-server", 1)],
+    }
+    for ns, apps in layout.items():
+        namespace(client, ns, {"runbook.ops/lab": "true", "team": ns})
+        for app, replicas in apps:
+            if client.get("apps/v1", "deployments", app, ns, missing_ok=True) is None:
+                client.create("apps/v1", "deployments", deployment(app, ns, replicas))
+            if client.get("v1", "services", app, ns, missing_ok=True) is None:
+                client.create("v1", "services", service(app, ns, {"app": app}))
+        if client.get("v1", "secrets", "%s-credentials" % ns, ns, missing_ok=True) is None:
+            client.create("v1", "secrets", {"metadata": {"name": "%s-credentials" % ns, "namespace": ns},
+                                            "type": "Opaque", "stringData": {"password": "lab-only-" + ns}})
+    if client.get("v1", "persistentvolumeclaims", "session-data", "auth", missing_ok=True) is None:
+        client.create("v1", "persistentvolumeclaims", {
+            "metadata": {"name": "session-data", "namespace": "auth"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    if client.get("v1", "secrets", "jwt-signing-keys", "auth", missing_ok=True) is None:
+        client.create("v1", "secrets", {"metadata": {"name": "jwt-signing-keys", "namespace": "auth"},
+                                        "type": "Opaque", "stringData": {"kid": "lab-2026-01"}})
+    # Pods the ReplicaSets created: the kubelet's part is to run them.
+    for ns, apps in layout.items():
+        for app, replicas in apps:
+            kubelet.run_owned_pods(ns, "app=%s" % app, timeout=wait, count=replicas)
+    # A crash-looping worker and a Service whose only endpoint is not ready.
+    if client.get("v1", "pods", "auth-worker-crashloop", "auth", missing_ok=True) is None:
+        kubelet.create_pod("auth", "auth-worker-crashloop", {"app": "auth-worker"})
+    kubelet.crash_loop("auth", "auth-worker-crashloop", restarts=12)
+    made["problems"].append("Pod/auth/auth-worker-crashloop is in CrashLoopBackOff")
+    if client.get("v1", "services", "auth-worker", "auth", missing_ok=True) is None:
+        client.create("v1", "services", service("auth-worker", "auth", {"app": "auth-worker"}))
+    if client.get("v1", "services", "policy-audit", "policy", missing_ok=True) is None:
+        client.create("v1", "services", service("policy-audit", "policy", {"app": "policy-audit"}))
+        kubelet.endpoint_slice("policy", "policy-audit", ready=(False,))
+    made["problems"].append("Service/policy/policy-audit has no ready endpoints")
+    for body in (certificate("auth-tls", "auth", now + datetime.timedelta(days=60)),
+                 certificate("token-issuer-tls", "auth", now + datetime.timedelta(days=5)),
+                 certificate("policy-tls", "policy", now + datetime.timedelta(days=75))):
+        if client.get("cert-manager.io/v1", "certificates", body["metadata"]["name"], body["metadata"]["namespace"],
+                      missing_ok=True) is None:
+            create_certificate(client, body)
+    made["problems"].append("Certificate/auth/token-issuer-tls expires in 5 days")
+    # Wait until the controllers have caught up (Deployment status, endpoint slices).
+    for ns, apps in layout.items():
+        for app, replicas in apps:
+            wait_for(lambda: (client.get("apps/v1", "deployments", app, ns).get("status") or {})
+                     .get("readyReplicas", 0) >= replicas, timeout=wait, what="Deployment/%s/%s ready" % (ns, app))
+    return made
+
+
+def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
+    """``python -m tests.harness.k8s start|stop|seed|status WORKDIR``: the lab's Kubernetes cluster."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("action", choices=("start", "stop", "seed", "status"))
+    parser.add_argument("workdir")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    if args.action == "start":
+        cluster = KubeCluster(workdir)
+        if (workdir / "cluster.json").exists() and KubeCluster.attach(workdir).running():
+            print("already running: %s (kubeconfig %s)" % (KubeCluster.attach(workdir).server, cluster.kubeconfig))
+            return 0
+        cluster.start()
+        seed_lab(cluster.client())
+        print("Kubernetes API %s up in %.1fs; kubeconfig %s" % (cluster.server, cluster.started_in, cluster.kubeconfig))
+        return 0
+    if args.action == "seed":
+        seed_lab(KubeCluster.attach(workdir).client())
+        return 0
+    if args.action == "status":
+        cluster = KubeCluster.attach(workdir)
+        print("running" if cluster.running() else "stopped", cluster.server)
+        return 0 if cluster.running() else 1
+    with contextlib.suppress(FileNotFoundError):
+        KubeCluster.attach(workdir).stop()
+    KubeCluster(workdir).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
