@@ -67,7 +67,8 @@ def encryption_identity_argspec() -> dict:
 
 def new_backup_id(now: t.Optional[datetime.datetime] = None) -> str:
     moment = (now or utcnow()).astimezone(datetime.timezone.utc)
-    return "%s-%s" % (moment.strftime("%Y%m%dT%H%M%SZ"), secrets.token_hex(3))
+    # Millisecond precision: two backups of one set within a second still sort by time.
+    return "%s.%03dZ-%s" % (moment.strftime("%Y%m%dT%H%M%S"), moment.microsecond // 1000, secrets.token_hex(3))
 
 
 def _check_name(what: str, value: str) -> str:
@@ -635,7 +636,7 @@ class Repository:
                 manifests.append(manifest)
             else:
                 incomplete.append(self._incomplete(group_kind, group_set, backup_id, objects, "no manifest"))
-        manifests.sort(key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
+        manifests.sort(key=lambda m: m["id"], reverse=True)
         incomplete.sort(key=lambda i: i["backup_id"], reverse=True)
         return manifests, incomplete
 

@@ -110,3 +110,16 @@ def repository(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
     server = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
     return server.repository_options(bucket)
+
+
+class AgeKey(t.NamedTuple):
+    identity: str
+    recipient: str
+
+
+@pytest.fixture(scope="session")
+def age_key() -> AgeKey:
+    """A fresh age X25519 key pair (secret key text, public key)."""
+    import pyrage
+    identity = pyrage.x25519.Identity.generate()
+    return AgeKey(str(identity), str(identity.to_public()))
