@@ -1,0 +1,325 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_backup
+short_description: Back up, verify and restore a PostgreSQL database through the runbook.ops backup repository
+version_added: 0.1.0
+description:
+  - V(backup) streams C(pg_dump) (uncompressed custom format) through multi-threaded zstd compression and
+    age encryption into the repository (a local directory or any S3 API); no full-size temporary file is
+    written. The manifest records the server version, the database size and an exact row count of every
+    dumped table, counted in the same snapshot that C(pg_dump) dumps (C(--snapshot)).
+  - O(format=directory) dumps in parallel (O(jobs)) into O(spool_dir) first, then stores one object per
+    file of the dump directory.
+  - V(verify) checks a backup at one of three levels; V(restore) restores it into a new database, into the
+    existing one (V(clean)), or into a temporary database that replaces the target only after its row
+    counts matched the manifest (V(swap)).
+  - Passwords reach C(pg_dump) and C(pg_restore) only through a 0600 password file, never argv.
+  - The C(pg_dump)/C(pg_restore) of the server's major version (or newer) is looked up in
+    C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin), C(/usr/local/pgsql/bin) and E(PATH); an older
+    one is a clear error.
+author:
+  - runbook.ops maintainers (@runbook-ops)
+requirements:
+  - psycopg (version 3)
+  - zstandard (for zstd compression)
+  - pyrage (for age encryption)
+  - boto3 (for s3:// repositories)
+  - the PostgreSQL client tools (pg_dump, pg_restore) on the managed host
+extends_documentation_fragment:
+  - runbook.ops.postgres
+  - runbook.ops.repository
+  - runbook.ops.repository.ENCRYPTION_IDENTITY
+  - runbook.ops.repository.BACKUP_JOB
+  - runbook.ops.encryption
+attributes:
+  check_mode:
+    support: full
+    description:
+      - V(backup) connects, checks the client version and reports what it would store.
+      - V(restore) checks the preconditions (target, sessions) and, with O(verify_first), reads and decrypts
+        the backup, then reports what it would do without touching any database.
+      - V(verify) reads only; at O(level=restore) the scratch restore is skipped and the archive level is run.
+  diff_mode:
+    support: partial
+    details: V(backup) shows the latest backup id before and after; V(restore) the target database and the kept previous one.
+options:
+  db:
+    description: The database to back up, and the source whose set is restored or verified.
+    type: str
+    required: true
+  state:
+    description: What to do.
+    type: str
+    choices: [backup, restore, verify]
+    default: backup
+  format:
+    description:
+      - V(custom) streams one C(pg_dump) custom-format archive (no local copy).
+      - V(directory) runs C(pg_dump -j) O(jobs) into O(spool_dir) and stores each file of the dump directory as
+        an object of the backup. Needs free space in O(spool_dir) for the uncompressed dump.
+    type: str
+    choices: [custom, directory]
+    default: custom
+  jobs:
+    description:
+      - Parallel C(pg_dump) jobs for O(format=directory), and parallel C(pg_restore) jobs for V(restore).
+      - A restore with more than one job spools the decrypted archive to O(spool_dir) first, because
+        C(pg_restore) cannot run in parallel from a pipe.
+    type: int
+    default: 1
+  spool_dir:
+    description: Where directory dumps and parallel restores are staged (a private 0700 directory is created inside and removed); empty means the system temporary directory.
+    type: path
+  schemas:
+    description: Only these schemas (C(pg_dump --schema) patterns).
+    type: list
+    elements: str
+    default: []
+  exclude_schemas:
+    description: Not these schemas (C(pg_dump --exclude-schema) patterns).
+    type: list
+    elements: str
+    default: []
+  tables:
+    description: Only these tables (C(pg_dump --table) patterns); the schema filters then do not apply, as with C(pg_dump).
+    type: list
+    elements: str
+    default: []
+  exclude_tables:
+    description: Not these tables (C(pg_dump --exclude-table) patterns).
+    type: list
+    elements: str
+    default: []
+  exclude_table_data:
+    description: The definitions of these tables, without their rows (C(pg_dump --exclude-table-data) patterns).
+    type: list
+    elements: str
+    default: []
+  backup_id:
+    description: For V(restore) and V(verify), the backup to use; empty means the latest complete backup of the set.
+    type: str
+  target_db:
+    description: For V(restore), the database to restore into; empty means O(db).
+    type: str
+  mode:
+    description:
+      - How V(restore) treats the target.
+      - V(new) creates O(target_db), which must not exist; it is dropped again if the restore fails.
+      - V(swap) restores into a temporary database, compares its row counts with the manifest, then renames
+        O(target_db) (when it exists) to C(<target_db>_pre_<backup_id>) and the temporary database to
+        O(target_db). Until the renames, the target is not touched; a failure drops the temporary database.
+      - V(clean) restores into the existing O(target_db) with C(pg_restore --clean --if-exists) in a single
+        transaction (one job), so a failed restore is rolled back.
+    type: str
+    choices: [new, swap, clean]
+    default: swap
+  keep_previous:
+    description: With O(mode=swap), keep the replaced database as C(<target_db>_pre_<backup_id>); false drops it after the swap.
+    type: bool
+    default: true
+  no_owner:
+    description: Do not restore object ownership (C(pg_restore --no-owner)); the restoring role owns everything.
+    type: bool
+    default: false
+  role:
+    description: Role name C(pg_restore) switches to (C(SET ROLE)) before restoring.
+    type: str
+  verify_first:
+    description:
+      - Before a restore touches any database, read the whole backup once: size and sha256 against the
+        manifest, decryption and decompression to the end.
+    type: bool
+    default: true
+  terminate_connections:
+    description:
+      - With O(mode=swap), end the sessions connected to O(target_db) before the rename.
+      - When false and sessions exist, the restore fails before touching anything, naming them.
+    type: bool
+    default: false
+  level:
+    description:
+      - How deep V(verify) goes.
+      - V(checksum) compares the stored bytes with the manifest (size and sha256).
+      - V(archive) also decrypts, decompresses and reads every block with C(pg_restore -f /dev/null), streamed.
+      - V(restore) also restores into a scratch database on the same server, compares every table's row count with
+        the manifest, and drops it.
+    type: str
+    choices: [checksum, archive, restore]
+    default: archive
+notes:
+  - The S3 part size grows with the stream, so a database of several TiB fits in one multipart upload;
+    a failed upload is aborted and no manifest is written, so the failed backup never counts.
+  - O(format=custom) with O(jobs=1) restores straight from the stored stream into C(pg_restore).
+seealso:
+  - module: runbook.ops.backup_repo
+"""
+
+EXAMPLES = r"""
+- name: Back up auth_service to S3, encrypted, at most every 6 hours, keeping 7 daily backups
+  runbook.ops.pg_backup:
+    login_host: db.example.internal
+    login_user: backup
+    login_password: "{{ vault_pg_backup_password }}"
+    db: auth_service
+    repository: s3://backups/platform
+    encryption_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    max_age: 6h
+    retention:
+      keep_daily: 7
+  register: backup
+
+- name: Verify the latest backup by restoring it into a scratch database
+  runbook.ops.pg_backup:
+    login_host: db.example.internal
+    login_user: backup
+    login_password: "{{ vault_pg_backup_password }}"
+    db: auth_service
+    state: verify
+    level: restore
+    repository: s3://backups/platform
+    encryption_identity: /etc/runbook/age-identity.txt
+
+- name: Restore it next to the live database for inspection
+  runbook.ops.pg_backup:
+    login_host: db.example.internal
+    login_user: postgres
+    login_password: "{{ vault_pg_admin_password }}"
+    db: auth_service
+    state: restore
+    mode: new
+    target_db: auth_service_inspect
+    repository: s3://backups/platform
+    encryption_identity: /etc/runbook/age-identity.txt
+
+- name: Disaster recovery - replace the live database, ending its sessions
+  runbook.ops.pg_backup:
+    login_host: db.example.internal
+    login_user: postgres
+    login_password: "{{ vault_pg_admin_password }}"
+    db: auth_service
+    state: restore
+    mode: swap
+    backup_id: "{{ backup.backup_id }}"
+    terminate_connections: true
+    jobs: 2
+    repository: s3://backups/platform
+    encryption_identity: /etc/runbook/age-identity.txt
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup written (V(backup)), restored or verified; for a skipped backup, the fresh one found.
+  returned: always
+  type: str
+  sample: 20260131T120000Z-3fa9c1
+manifest:
+  description:
+    - The backup's manifest (as stored in C(manifest.json)), with C(postgresql.row_counts) (exact rows per
+      C(schema.table) in the dump's snapshot), C(source) (server version, database size, encoding, pg_dump
+      version) and C(objects) (name, size, sha256 of every stored object).
+  returned: when a backup was found or written
+  type: dict
+backup:
+  description: A short summary of the backup written or found (id, set, sizes, encryption).
+  returned: when O(state=backup)
+  type: dict
+skipped:
+  description: True when O(max_age) found a fresh enough backup and nothing was done.
+  returned: always
+  type: bool
+pruned:
+  description: Backups removed by O(retention) after a successful backup.
+  returned: always
+  type: list
+  elements: dict
+restored_db:
+  description: The database that now holds the restored data.
+  returned: always
+  type: str
+  sample: auth_service
+previous_db:
+  description: With O(mode=swap) and O(keep_previous), the name the replaced database was renamed to.
+  returned: always
+  type: str
+  sample: auth_service_pre_20260131T120000Z-3fa9c1
+verified:
+  description: What was proven about the backup or the restored database.
+  returned: when O(state=verify) or O(state=restore)
+  type: dict
+  contains:
+    backup_id:
+      description: The backup verified.
+      type: str
+    level:
+      description: V(checksum), V(archive) or V(restore) (row counts compared with the manifest).
+      type: str
+    ok:
+      description: True when no problem was found.
+      type: bool
+    problems:
+      description: What is wrong, each naming the object or table.
+      type: list
+      elements: str
+duration_s:
+  description: Seconds the task took.
+  returned: always
+  type: float
+throughput_mib_s:
+  description: Uncompressed MiB of dump per second of the task.
+  returned: always
+  type: float
+msg:
+  description: What was done, in words.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec, silence_library_warnings
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
+from ansible_collections.runbook.ops.plugins.module_utils._postgres import PgBackup, connection_argspec
+
+
+def argument_spec() -> dict:
+    spec = connection_argspec()
+    spec.update(backup_job_argspec())
+    spec.update(
+        db=dict(type="str", required=True),
+        state=dict(type="str", choices=["backup", "restore", "verify"], default="backup"),
+        format=dict(type="str", choices=["custom", "directory"], default="custom"),
+        jobs=dict(type="int", default=1),
+        spool_dir=dict(type="path"),
+        schemas=dict(type="list", elements="str", default=[]),
+        exclude_schemas=dict(type="list", elements="str", default=[]),
+        tables=dict(type="list", elements="str", default=[]),
+        exclude_tables=dict(type="list", elements="str", default=[]),
+        exclude_table_data=dict(type="list", elements="str", default=[]),
+        backup_id=dict(type="str"),
+        target_db=dict(type="str"),
+        mode=dict(type="str", choices=["new", "swap", "clean"], default="swap"),
+        keep_previous=dict(type="bool", default=True),
+        no_owner=dict(type="bool", default=False),
+        role=dict(type="str"),
+        verify_first=dict(type="bool", default=True),
+        terminate_connections=dict(type="bool", default=False),
+        level=dict(type="str", choices=["checksum", "archive", "restore"], default="archive"),
+    )
+    return spec
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    silence_library_warnings()
+    run_module(module, lambda m: PgBackup(m.params, m.check_mode, m.warn).run())
+
+
+if __name__ == "__main__":
+    main()
