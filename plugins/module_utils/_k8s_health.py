@@ -252,8 +252,10 @@ def check_pvc(pvc: dict) -> t.Optional[dict]:
                   "Lost: its PersistentVolume %s is gone" % ((pvc.get("spec") or {}).get("volumeName") or "?"), ns, phase=phase)
     if phase == "Pending":
         spec = pvc.get("spec") or {}
+        klass = spec.get("storageClassName")
+        klass = "the default storage class" if klass is None else "storage class %s" % klass if klass else "no storage class"
         return _f("warning", "pvcs", _ref(pvc, "PersistentVolumeClaim"),
-                  "Pending: not bound to a volume (storage class %s)" % (spec.get("storageClassName") or "default"), ns,
+                  "Pending: not bound to a volume (%s)" % klass, ns,
                   phase=phase, storage_class=spec.get("storageClassName"))
     return None
 
@@ -316,7 +318,7 @@ def check_certificate(cert: dict, now: datetime.datetime, th: Thresholds) -> t.O
                   % (_human(days_left * 86400), status.get("notAfter"), th.cert_critical_days), ns, **details)
     if days_left is not None and days_left <= th.cert_warning_days:
         return _f("warning", "certificates", _ref(cert, "Certificate"), "expires in %s (notAfter %s, warning below %g days)"
-                  % (_human(days_left * 86400), status.get("notAfter")), ns, **details)
+                  % (_human(days_left * 86400), status.get("notAfter"), th.cert_warning_days), ns, **details)
     return None
 
 
@@ -488,7 +490,7 @@ def run_health(client: K8sClient, params: t.Mapping[str, t.Any]) -> dict:
             node_findings = [f for f in (check_node(n) for n in nodes) if f]
             findings.extend(node_findings)
             if not node_findings:
-                findings.append(_f("ok", "nodes", "*", "%d nodes Ready, none under pressure" % len(nodes), None,
+                findings.append(_f("ok", "nodes", "*", "%d node(s) Ready, none under pressure" % len(nodes), None,
                                    objects=len(nodes)))
 
     for item in findings:

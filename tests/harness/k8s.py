@@ -407,10 +407,14 @@ class Kubelet:
                            "reason": "KubeletReady" if ready else "KubeletNotReady",
                            "message": "kubelet is posting ready status" if ready else "container runtime is down",
                            "lastHeartbeatTime": now, "lastTransitionTime": now})
-        node["status"] = {"conditions": conditions, "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
-                          "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
-                          "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
-        return self.client.update_status("v1", "nodes", node)
+        status = {"conditions": conditions, "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
+                  "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                  "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+        _, _, node = self.client.modify("v1", "nodes", name, lambda obj: dict(obj, status=status), subresource="status")
+        if ready and (node.get("spec") or {}).get("taints"):
+            # Admission taints a new node not-ready; its (absent) lifecycle controller would lift that.
+            node = self.client.patch("v1", "nodes", name, {"spec": {"taints": None}})
+        return node
 
     # -- pods -----------------------------------------------------------------------------------
 
@@ -447,6 +451,18 @@ class Kubelet:
         ...); ``last_terminated`` ``(reason, exit_code)`` such as ``("OOMKilled", 137)``;
         ``scheduled=False`` leaves the Pod Pending and unschedulable.
         """
+        for attempt in range(5):
+            try:
+                return self._set_status(namespace, name, phase, ready, waiting, restarts, last_terminated, started_ago,
+                                        ready_changed_ago, scheduled, unschedulable_message)
+            except _k8s.K8sConflict:
+                if attempt == 4:
+                    raise
+        raise AssertionError("not reached")
+
+    def _set_status(self, namespace: str, name: str, phase: str, ready: bool, waiting: t.Optional[t.Tuple[str, str]],
+                    restarts: int, last_terminated: t.Optional[t.Tuple[str, int]], started_ago: float,
+                    ready_changed_ago: t.Optional[float], scheduled: bool, unschedulable_message: str) -> dict:
         pod = self.client.get("v1", "pods", name, namespace)
         if scheduled and phase != "Pending":
             pod = self.bind(pod)
@@ -651,10 +667,17 @@ def seed_lab(client: _k8s.K8sClient, now: t.Optional[datetime.datetime] = None, 
         if client.get("v1", "secrets", "%s-credentials" % ns, ns, missing_ok=True) is None:
             client.create("v1", "secrets", {"metadata": {"name": "%s-credentials" % ns, "namespace": ns},
                                             "type": "Opaque", "stringData": {"password": "lab-only-" + ns}})
+    # A static volume the PV controller binds the claim to (no provisioner in the lab).
+    if client.get("v1", "persistentvolumes", "lab-session-data", missing_ok=True) is None:
+        client.create("v1", "persistentvolumes", {
+            "metadata": {"name": "lab-session-data"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/var/lib/lab/session-data"}}})
     if client.get("v1", "persistentvolumeclaims", "session-data", "auth", missing_ok=True) is None:
         client.create("v1", "persistentvolumeclaims", {
             "metadata": {"name": "session-data", "namespace": "auth"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "lab-session-data",
+                     "resources": {"requests": {"storage": "1Gi"}}}})
     if client.get("v1", "secrets", "jwt-signing-keys", "auth", missing_ok=True) is None:
         client.create("v1", "secrets", {"metadata": {"name": "jwt-signing-keys", "namespace": "auth"},
                                         "type": "Opaque", "stringData": {"kid": "lab-2026-01"}})
@@ -666,6 +689,9 @@ def seed_lab(client: _k8s.K8sClient, now: t.Optional[datetime.datetime] = None, 
     if client.get("v1", "pods", "auth-worker-crashloop", "auth", missing_ok=True) is None:
         kubelet.create_pod("auth", "auth-worker-crashloop", {"app": "auth-worker"})
     kubelet.crash_loop("auth", "auth-worker-crashloop", restarts=12)
+    kubelet.event("auth", {"kind": "Pod", "name": "auth-worker-crashloop"}, "BackOff",
+                  "Back-off restarting failed container worker in pod auth-worker-crashloop", count=12, ago=30,
+                  first_ago=1800)
     made["problems"].append("Pod/auth/auth-worker-crashloop is in CrashLoopBackOff")
     if client.get("v1", "services", "auth-worker", "auth", missing_ok=True) is None:
         client.create("v1", "services", service("auth-worker", "auth", {"app": "auth-worker"}))
