@@ -82,7 +82,7 @@ options:
 options:
   set:
     description:
-      - The backup set: the name that groups backups of the same thing in the repository
+      - The backup set, the name that groups backups of the same thing in the repository
         (C(<kind>/<set>/<backup_id>/)); retention and "latest" work per set.
     type: str
   labels:

@@ -20,7 +20,7 @@ def _selected(repo: Repository, params: dict) -> t.List[dict]:
         if not (kind and set_name):
             raise RunbookError("backup_id needs kind and set too")
         return [repo.get(kind, set_name, backup_id)]
-    manifests, _ = repo.scan(kind, set_name)
+    manifests = repo.scan(kind, set_name)[0]
     return manifests
 
 
@@ -59,9 +59,14 @@ def cleanup_repository(repo: Repository, params: dict, check_mode: bool) -> dict
     return {"changed": bool(backups or uploads), "removed": backups, "aborted_uploads": uploads}
 
 
+STATES = ("list", "verify", "prune", "cleanup")
+
+
 def run(module: t.Any) -> dict:
     watch = Stopwatch()
     params = module.params
+    if params["state"] not in STATES:
+        raise RunbookError("state must be one of %s, got %r" % (", ".join(STATES), params["state"]))
     repo = Repository.from_options(params)
     state = params["state"]
     if state == "list":

@@ -649,7 +649,7 @@ class Repository:
                 "_keys": [o.key for o in objects]}
 
     def latest(self, kind: str, set_name: str) -> t.Optional[dict]:
-        manifests, _ = self.scan(kind, set_name)
+        manifests = self.scan(kind, set_name)[0]
         return manifests[0] if manifests else None
 
     def get(self, kind: str, set_name: str, backup_id: t.Optional[str] = None) -> dict:
@@ -712,7 +712,7 @@ class Repository:
     def prune(self, policy: dict, kind: t.Optional[str] = None, set_name: t.Optional[str] = None,
               dry_run: bool = False) -> t.Tuple[t.List[dict], t.List[dict]]:
         """Apply ``policy`` to each set in scope; returns ``(kept, removed)`` summaries."""
-        manifests, _ = self.scan(kind, set_name)
+        manifests = self.scan(kind, set_name)[0]
         by_set: t.Dict[t.Tuple[str, str], t.List[dict]] = {}
         for manifest in manifests:
             by_set.setdefault((manifest["kind"], manifest["set"]), []).append(manifest)
@@ -733,7 +733,7 @@ class Repository:
         (so a backup running right now is not touched). Returns ``(incomplete, uploads)`` removed."""
         age = parse_duration(older_than, "older_than") or 0.0
         limit = (now or utcnow()) - datetime.timedelta(seconds=age)
-        _, incomplete = self.scan(kind, set_name)
+        incomplete = self.scan(kind, set_name)[1]
         removed_backups = []
         for item in incomplete:
             if parse_time(item["modified"], "modified") <= limit:

@@ -84,7 +84,7 @@ class ManagedProcess:
             return True
         # A zombie child of ours still answers kill(0); reap it if so.
         with contextlib.suppress(ChildProcessError):
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done = os.waitpid(pid, os.WNOHANG)[0]
             if done == pid:
                 return False
         return True

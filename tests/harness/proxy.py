@@ -36,7 +36,7 @@ class FaultProxy:
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
-                client, _ = self._listener.accept()
+                client = self._listener.accept()[0]
             except socket.timeout:
                 continue
             except OSError:

@@ -55,7 +55,7 @@ def test_hourly():
 
 
 def test_reasons_are_recorded():
-    keep, _ = apply_retention(_backups(TABLE), {"keep_last": 1, "keep_daily": 1}, lambda b: b["created"])
+    keep = apply_retention(_backups(TABLE), {"keep_last": 1, "keep_daily": 1}, lambda b: b["created"])[0]
     assert keep[0]["reasons"] == ["last", "daily"]
 
 
