@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: redis_snapshot
+short_description: Redis RDB snapshots, their verification and restore through the backup repository
+version_added: 0.1.0
+description:
+  - Takes an RDB snapshot of a Redis server and streams it, compressed and encrypted, into the
+    runbook.ops backup repository (a local directory or any S3 API), with a manifest recording the Redis
+    version, the RDB version, the keys per database and the used memory.
+  - O(method=replication) fetches the RDB over the replication protocol (C(REPLCONF rdb-only), C(SYNC))
+    from a local or remote server, disk-based or diskless; the 40-byte end marker of diskless transfers
+    is stripped. The ACL user needs only C(+sync +replconf) (and C(+info)).
+  - O(method=bgsave) runs C(BGSAVE), waits until it really finished (not in progress, last status ok, save
+    counter advanced; C(LASTSAVE) is never trusted) and reads the file named by C(CONFIG GET dir) and
+    C(dbfilename) on the managed host.
+  - O(state=verify) checks a stored snapshot at O(level=checksum) (stored bytes against the manifest),
+    O(level=rdb) (decrypt and check the RDB header, end opcode and CRC64, and C(redis-check-rdb) when it is
+    installed) or O(level=load) (load it into a throwaway local C(redis-server) and compare the keys per
+    database with the manifest).
+  - O(state=restore) with O(method=keys) loads the snapshot into a throwaway local C(redis-server) on a
+    private unix socket and copies every key to the target with C(DUMP)/C(RESTORE REPLACE), keeping TTLs,
+    pipelined; it works on remote targets. O(method=file) installs the RDB as the data file of a Redis on the
+    managed host; with C(appendonly yes) it moves the AOF aside, starts Redis with the AOF off, switches it
+    back on and waits for the rewrite, so the restored data survives the next restart.
+author:
+  - runbook.ops maintainers (@runbook-ops)
+extends_documentation_fragment:
+  - runbook.ops.redis
+  - runbook.ops.repository
+  - runbook.ops.repository.ENCRYPTION_IDENTITY
+  - runbook.ops.repository.BACKUP_JOB
+  - runbook.ops.encryption
+attributes:
+  check_mode:
+    support: full
+    description:
+      - A backup reports what it would do (after reading C(INFO)); restore and verify change nothing.
+      - O(state=verify) runs for real in check mode, as it only reads.
+  diff_mode:
+    support: partial
+    details: O(state=restore) shows the keys per database before and after.
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [backup, restore, verify]
+    default: backup
+  method:
+    description:
+      - For O(state=backup), V(replication) (the default) or V(bgsave).
+      - For O(state=restore), V(keys) (the default) or V(file).
+    type: str
+    choices: [replication, bgsave, keys, file]
+  level:
+    description: How deeply O(state=verify) checks the snapshot.
+    type: str
+    choices: [checksum, rdb, load]
+    default: rdb
+  backup_id:
+    description: The backup to verify or restore; empty means the latest complete backup of the set.
+    type: str
+  flush:
+    description: With O(method=keys), empty the target (C(FLUSHALL)) before copying the keys.
+    type: bool
+    default: false
+  service_name:
+    description:
+      - For O(method=file), the systemd unit of the Redis server; it is stopped and started with C(systemctl).
+    type: str
+  stop_command:
+    description:
+      - For O(method=file) without O(service_name), the command (an argument list, no shell) that stops
+        the Redis server. The module waits until the server no longer accepts connections.
+    type: list
+    elements: str
+  start_command:
+    description:
+      - For O(method=file) without O(service_name), the command (an argument list, no shell) that starts
+        the Redis server. It must return once the server is started (for example C(redis-server
+        /etc/redis/redis.conf --daemonize yes)); the module waits until the data is loaded.
+    type: list
+    elements: str
+  spool_dir:
+    description:
+      - Directory on the managed host for the throwaway C(redis-server) of O(level=load) and O(method=keys),
+        which needs the RDB as a file (0600 in a 0700 directory, removed on every exit path).
+      - Empty means the system temporary directory.
+    type: path
+  wait_timeout:
+    description: Seconds to wait for a C(BGSAVE), the loading of an RDB, a stop, a start or an AOF rewrite.
+    type: int
+    default: 3600
+  validate_certs:
+    description:
+      - Verify TLS certificates, of the Redis server when O(tls=true) and of O(s3_endpoint_url).
+    type: bool
+    default: true
+notes:
+  - The password reaches Redis only inside the connection (C(AUTH)); it never appears in a process argument.
+  - O(method=file) needs the Redis data directory and config file on the managed host and the right to stop
+    and start the server. The previous RDB and AOF are kept next to them as C(<name>.pre-restore-<backup_id>)
+    and listed in RV(previous_files).
+  - Requires C(redis-server) on the managed host for O(level=load) and O(method=keys); C(redis-check-rdb) is
+    used by O(level=rdb) when present. Requires C(boto3) for S3 repositories, C(zstandard) and C(pyrage) for
+    compression and encryption.
+seealso:
+  - module: runbook.ops.backup_repo
+  - module: runbook.ops.pg_backup
+"""
+
+EXAMPLES = r"""
+- name: Snapshot the session Redis over the replication protocol into S3, encrypted
+  runbook.ops.redis_snapshot:
+    login_host: redis.sessions.svc
+    login_user: backup
+    login_password: "{{ vault_redis_backup_password }}"
+    repository: s3://platform-backups/runbook
+    region: eu-west-1
+    set: sessions
+    encryption_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    max_age: 6h
+    retention:
+      keep_daily: 7
+      keep_weekly: 4
+  register: snapshot
+
+- name: Snapshot a local Redis with BGSAVE
+  runbook.ops.redis_snapshot:
+    login_password: "{{ vault_redis_password }}"
+    method: bgsave
+    repository: file:///var/backups/runbook
+
+- name: Prove that the latest snapshot loads and holds the recorded keys
+  runbook.ops.redis_snapshot:
+    state: verify
+    level: load
+    repository: s3://platform-backups/runbook
+    region: eu-west-1
+    set: sessions
+    encryption_identity: /etc/runbook/backup-identity.txt
+
+- name: Restore it key by key into a fresh instance
+  runbook.ops.redis_snapshot:
+    state: restore
+    login_host: redis-restore.sessions.svc
+    login_password: "{{ vault_redis_password }}"
+    flush: true
+    repository: s3://platform-backups/runbook
+    region: eu-west-1
+    set: sessions
+    encryption_identity: /etc/runbook/backup-identity.txt
+
+- name: Put the snapshot back as the data file of the local Redis (AOF handled)
+  runbook.ops.redis_snapshot:
+    state: restore
+    method: file
+    service_name: redis-server
+    login_password: "{{ vault_redis_password }}"
+    repository: file:///var/backups/runbook
+    set: localhost-6379
+    backup_id: 20261124T031500Z-3fa91c
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup written, skipped for, verified or restored.
+  returned: always
+  type: str
+  sample: 20261124T031500Z-3fa91c
+manifest:
+  description:
+    - The backup's manifest. Its C(redis) field holds C(version), C(rdb_version), C(method), C(keys) and
+      C(expires) per database (from C(INFO keyspace) when the snapshot started), C(used_memory),
+      C(rdb_size) and C(rdb_checksum).
+  returned: when a backup was written, skipped for, verified or restored; empty in check mode for a backup
+  type: dict
+backup:
+  description: Summary of the backup (id, kind, set, created, finished, size, stored_size, encrypted, compression, labels).
+  returned: when O(state=backup)
+  type: dict
+skipped:
+  description: True when a backup younger than O(max_age) exists, so nothing was done.
+  returned: always
+  type: bool
+  sample: false
+pruned:
+  description: Backups removed by O(retention) after the successful backup.
+  returned: always
+  type: list
+  elements: dict
+keys_restored:
+  description:
+    - Keys per database written to the target (O(method=keys)) or held by the restarted server (O(method=file)).
+  returned: always
+  type: dict
+  sample: {"db0": 5000, "db1": 12}
+previous_files:
+  description: The former RDB file and AOF, kept under new names by O(method=file).
+  returned: when O(state=restore) and O(method=file)
+  type: list
+  elements: str
+verified:
+  description:
+    - The verification of O(state=verify), or the key count check of a restore.
+    - C(level), C(ok), C(problems) (list of messages), and depending on the level C(keys) (per database, as
+      loaded), C(rdb_version), C(rdb_size), C(keys_read) (by C(redis-check-rdb)) and C(crc_checked_by).
+  returned: when O(state=verify) or O(state=restore)
+  type: dict
+duration_s:
+  description: Wall time of the operation in seconds.
+  returned: always
+  type: float
+  sample: 13.2
+throughput_mib_s:
+  description: Uncompressed RDB MiB per second of the operation.
+  returned: always
+  type: float
+  sample: 48.7
+msg:
+  description: What was done, in words.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec, silence_library_warnings
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
+from ansible_collections.runbook.ops.plugins.module_utils._redis import redis_snapshot, redis_snapshot_argspec
+
+
+def main() -> None:
+    spec = backup_job_argspec()
+    spec.update(redis_snapshot_argspec())
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           required_together=[["stop_command", "start_command"]],
+                           mutually_exclusive=[["service_name", "stop_command"], ["service_name", "start_command"]])
+    silence_library_warnings()
+    run_module(module, lambda m: redis_snapshot(m.params, m.check_mode, m._diff))
+
+
+if __name__ == "__main__":
+    main()

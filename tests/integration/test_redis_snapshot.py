@@ -1,0 +1,288 @@
+"""redis_snapshot against real Redis servers: backup by both methods, verify at every level, restore by
+both methods, and the faults the runbooks met (dropped connection, BGSAVE running or failing, missing ACL
+rights, a corrupt RDB)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from tests.harness.collection import run_module
+from tests.harness.fixtures import REDIS_BACKUP_PASSWORD, REDIS_BACKUP_USER, REDIS_LIMITED_PASSWORD, REDIS_LIMITED_USER
+from tests.harness.services import RedisServer
+
+LONG_TTL_MS = 3 * 3600 * 1000
+
+
+def populate(server: RedisServer, prefix: str = "k", count: int = 300) -> None:
+    """Every common type, in db 0 and db 3, some with TTLs, some binary."""
+    for db in (0, 3):
+        client = server.client(db=db)
+        client.flushdb()
+        pipe = client.pipeline(transaction=False)
+        for i in range(count):
+            pipe.set("%s:str:%d" % (prefix, i), os.urandom(20 + i % 50))
+        pipe.hset("%s:hash" % prefix, mapping={"f%d" % i: "v%d" % i for i in range(200)})
+        pipe.rpush("%s:list" % prefix, *["item%d" % i for i in range(150)])
+        pipe.sadd("%s:set" % prefix, *["m%d" % i for i in range(120)])
+        pipe.zadd("%s:zset" % prefix, {"z%d" % i: i * 1.5 for i in range(130)})
+        pipe.xadd("%s:stream" % prefix, {"event": "login", "user": "alice"})
+        pipe.set("%s:ttl" % prefix, b"\x00\xffbinary", px=LONG_TTL_MS)
+        pipe.hset("%s:ttlhash" % prefix, "a", "b")
+        pipe.pexpire("%s:ttlhash" % prefix, LONG_TTL_MS)
+        pipe.execute()
+
+
+def snapshot_of(server: RedisServer) -> t.Dict[int, dict]:
+    """Per database: key -> (type, value, has_ttl, ttl bucket)."""
+    result: t.Dict[int, dict] = {}
+    for db in range(16):
+        client = server.client(db=db)
+        keys = sorted(client.scan_iter(count=1000))
+        if not keys:
+            continue
+        data = {}
+        for key in keys:
+            kind = client.type(key).decode()
+            if kind == "string":
+                value: t.Any = client.get(key)
+            elif kind == "hash":
+                value = sorted(client.hgetall(key).items())
+            elif kind == "list":
+                value = client.lrange(key, 0, -1)
+            elif kind == "set":
+                value = sorted(client.smembers(key))
+            elif kind == "zset":
+                value = client.zrange(key, 0, -1, withscores=True)
+            elif kind == "stream":
+                value = client.xrange(key)
+            else:
+                value = None
+            ttl = client.pttl(key)
+            data[key] = (kind, value, ttl > 0, round(ttl / 60000.0) if ttl > 0 else ttl)
+        result[db] = data
+    return result
+
+
+def age_keypair() -> t.Tuple[str, str]:
+    identity = pyrage.x25519.Identity.generate()
+    return str(identity.to_public()), str(identity)
+
+
+def test_replication_backup_verify_and_keys_restore(redis_plain: RedisServer, repository: dict,
+                                                   service_factory: t.Any) -> None:
+    populate(redis_plain)
+    expected = snapshot_of(redis_plain)
+    recipient, identity = age_keypair()
+    args = dict(redis_plain.login, **repository)
+    args.update(set="plain", encryption_recipients=[recipient], labels={"purpose": "test"})
+    backup = run_module("redis_snapshot", args)
+    assert not backup.get("failed"), backup
+    assert backup["changed"] and backup["backup_id"]
+    facts = backup["manifest"]["redis"]
+    assert facts["keys"] == {"db0": len(expected[0]), "db3": len(expected[3])}
+    assert facts["rdb_version"] >= 9 and facts["method"] == "replication"
+    assert facts["version"].startswith("7.")
+    assert backup["manifest"]["encryption"]["algorithm"] == "age"
+    assert redis_plain.password not in json.dumps(backup)
+
+    common = dict(repository, set="plain", state="verify", encryption_identity=identity)
+    for level in ("checksum", "rdb", "load"):
+        verified = run_module("redis_snapshot", dict(common, level=level))
+        assert not verified.get("failed"), (level, verified)
+        assert verified["verified"]["ok"] and verified["verified"]["level"] == level
+        assert not verified["changed"]
+    rdb = run_module("redis_snapshot", dict(common, level="rdb"))["verified"]
+    assert "python" in rdb["crc_checked_by"]
+    assert rdb["keys_read"] == len(expected[0]) + len(expected[3])
+    # Without the identity, an encrypted RDB cannot be checked beyond its stored bytes.
+    no_identity = run_module("redis_snapshot", dict(common, level="rdb", encryption_identity=None))
+    assert no_identity.get("failed") and "encryption_identity" in no_identity["msg"]
+
+    target = service_factory.add(RedisServer(service_factory.workdir("redis-target"), name="redis-target"))
+    target.client(db=0).set("stale", "value")
+    restore_args = dict(target.login, **repository)
+    restore_args.update(set="plain", state="restore", encryption_identity=identity, flush=True)
+    checked = run_module("redis_snapshot", restore_args, check_mode=True, diff=True)
+    assert checked["changed"] and not checked.get("failed"), checked
+    assert target.client().get("stale") == b"value", "check mode changed the target"
+    restored = run_module("redis_snapshot", restore_args)
+    assert not restored.get("failed"), restored
+    assert restored["keys_restored"] == {"db0": len(expected[0]), "db3": len(expected[3])}
+    assert snapshot_of(target) == expected
+
+
+@pytest.mark.parametrize("diskless", ["yes", "no"])
+def test_both_transfer_modes_store_a_clean_rdb(redis_plain: RedisServer, tmp_path: Path, diskless: str) -> None:
+    populate(redis_plain, count=50)
+    redis_plain.client().config_set("repl-diskless-sync", diskless)
+    try:
+        repo = {"repository": "file://%s" % (tmp_path / "repo")}
+        result = run_module("redis_snapshot", dict(redis_plain.login, set="modes", compression="none", **repo))
+    finally:
+        redis_plain.client().config_set("repl-diskless-sync", "yes")
+    assert not result.get("failed"), result
+    assert result["manifest"]["redis"]["transfer"] == ("diskless" if diskless == "yes" else "disk")
+    stored = (tmp_path / "repo" / "redis" / "modes" / result["backup_id"] / "dump.rdb").read_bytes()
+    # A clean RDB: header, end opcode + CRC64 as the last 9 bytes, no 40-byte marker after it.
+    assert stored[:5] == b"REDIS" and stored[-9] == 0xFF
+    local = redis_plain.datadir.parent / ("check-%s.rdb" % diskless)
+    local.write_bytes(stored)
+    assert os.system("redis-check-rdb %s >/dev/null" % local) == 0
+    local.unlink()
+
+
+def test_backup_user_with_sync_rights_and_limited_user(redis_acl: RedisServer, tmp_path: Path) -> None:
+    repo = {"repository": "file://%s" % (tmp_path / "repo")}
+    redis_acl.client().set("acl-key", "1")
+    ok = run_module("redis_snapshot", dict(redis_acl.login, login_user=REDIS_BACKUP_USER,
+                                           login_password=REDIS_BACKUP_PASSWORD, set="acl", **repo))
+    assert not ok.get("failed"), ok
+    denied = run_module("redis_snapshot", dict(redis_acl.login, login_user=REDIS_LIMITED_USER,
+                                               login_password=REDIS_LIMITED_PASSWORD, set="acl", **repo))
+    assert denied.get("failed")
+    assert "+sync +replconf" in denied["msg"] and "not allowed" in denied["msg"] and REDIS_LIMITED_USER in denied["msg"], denied["msg"]
+    assert REDIS_LIMITED_PASSWORD not in json.dumps(denied)
+    wrong = run_module("redis_snapshot", dict(redis_acl.login, login_user=REDIS_BACKUP_USER,
+                                              login_password="wrong", set="acl", **repo))
+    assert wrong.get("failed") and "authentication" in wrong["msg"] and "wrong" not in wrong["msg"].replace("WRONGPASS", "")
+
+
+def _manifests(repo_dir: Path, set_name: str) -> t.List[Path]:
+    return sorted((repo_dir / "redis" / set_name).glob("*/manifest.json"))
+
+
+def test_connection_dropped_mid_transfer_commits_nothing(service_factory: t.Any, tmp_path: Path) -> None:
+    server = service_factory.add(RedisServer(service_factory.workdir("redis-drop"), name="redis-drop"))
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for i in range(20000):
+        pipe.set("drop:%d" % i, os.urandom(100))
+    pipe.execute()
+    repo_dir = tmp_path / "repo"
+    args = dict(server.login, repository="file://%s" % repo_dir, set="drop")
+    first = run_module("redis_snapshot", args)
+    assert not first.get("failed"), first
+    # Slow the snapshot down (microseconds per key) so that the kill lands mid-transfer.
+    client.config_set("rdb-key-save-delay", "300")
+    client.config_set("repl-diskless-sync-delay", "0")
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(run_module("redis_snapshot", args)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while int(client.info("persistence")["rdb_bgsave_in_progress"]) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the transfer is under way (about 6 s in total at this delay)
+    server.kill()
+    worker.join(120)
+    assert outcome.get("failed"), outcome
+    assert "source" in outcome["msg"] and "127.0.0.1:%d" % server.port in outcome["msg"], outcome["msg"]
+    assert [p.parent.name for p in _manifests(repo_dir, "drop")] == [first["backup_id"]]
+    leftovers = [p for p in (repo_dir / "redis" / "drop").rglob("*") if p.is_file() and first["backup_id"] not in str(p)]
+    assert leftovers == []
+
+
+def test_bgsave_waits_for_a_running_bgsave_and_reports_a_failing_one(service_factory: t.Any, tmp_path: Path) -> None:
+    server = service_factory.add(RedisServer(service_factory.workdir("redis-bgsave"), name="redis-bgsave"))
+    client = server.client()
+    pipe = client.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.set("bg:%d" % i, "v%d" % i)
+    pipe.execute()
+    repo_dir = tmp_path / "repo"
+    args = dict(server.login, repository="file://%s" % repo_dir, set="bg", method="bgsave")
+    client.config_set("rdb-key-save-delay", "500")
+    client.bgsave()
+    saves_before = int(client.info("persistence")["rdb_saves"])
+    result = run_module("redis_snapshot", args)
+    assert not result.get("failed"), result
+    facts = result["manifest"]["redis"]
+    assert facts["waited_for_running_bgsave"] is True
+    assert facts["rdb_saves"] == saves_before + 1
+    assert facts["keys"] == {"db0": 3000}
+    client.config_set("rdb-key-save-delay", "0")
+    verified = run_module("redis_snapshot", dict(repository="file://%s" % repo_dir, set="bg", state="verify", level="load"))
+    assert verified["verified"]["ok"] and verified["verified"]["keys"] == {"db0": 3000}, verified
+
+    # A BGSAVE that fails (the target name is a directory, so the rename fails): LASTSAVE would not
+    # tell, rdb_last_bgsave_status does.
+    dump = server.datadir / "dump.rdb"
+    dump.unlink()
+    dump.mkdir()
+    (dump / "blocker").write_text("x")
+    failed = run_module("redis_snapshot", args)
+    assert failed.get("failed") and "BGSAVE" in failed["msg"] and "failed" in failed["msg"], failed
+    assert len(_manifests(repo_dir, "bg")) == 1
+
+
+def test_corrupt_rdb_fails_rdb_and_load_verify(redis_plain: RedisServer, tmp_path: Path) -> None:
+    populate(redis_plain, count=40)
+    repo_dir = tmp_path / "repo"
+    common = {"repository": "file://%s" % repo_dir, "set": "corrupt"}
+    backup = run_module("redis_snapshot", dict(redis_plain.login, compression="none", **common))
+    assert not backup.get("failed"), backup
+    folder = repo_dir / "redis" / "corrupt" / backup["backup_id"]
+    data = bytearray((folder / "dump.rdb").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / "dump.rdb").write_bytes(bytes(data))
+    # Keep the stored checksum consistent so that only the RDB's own CRC64 can catch the flip.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["objects"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    checksum = run_module("redis_snapshot", dict(common, state="verify", level="checksum"))
+    assert checksum["verified"]["ok"], checksum
+    rdb = run_module("redis_snapshot", dict(common, state="verify", level="rdb"))
+    assert rdb.get("failed") and not rdb["verified"]["ok"]
+    assert "CRC" in rdb["msg"], rdb["msg"]
+    load = run_module("redis_snapshot", dict(common, state="verify", level="load"))
+    assert load.get("failed") and "could not load" in load["msg"], load["msg"]
+
+
+def test_check_mode_and_max_age(redis_plain: RedisServer, tmp_path: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    args = dict(redis_plain.login, repository="file://%s" % repo_dir, set="idem", max_age="1h")
+    checked = run_module("redis_snapshot", args, check_mode=True)
+    assert checked["changed"] and not checked.get("failed") and checked["backup_id"] is None, checked
+    assert not repo_dir.exists() or _manifests(repo_dir, "idem") == []
+    first = run_module("redis_snapshot", args)
+    assert first["changed"] and not first["skipped"]
+    second = run_module("redis_snapshot", args)
+    assert not second["changed"] and second["skipped"] and second["backup_id"] == first["backup_id"]
+
+
+def test_bgsave_backup_and_file_restore_on_aof_survives_restart(service_factory: t.Any, tmp_path: Path) -> None:
+    server = service_factory.add(RedisServer(service_factory.workdir("redis-aof-restore"), name="redis-aof-restore",
+                                             appendonly=True))
+    populate(server, count=100)
+    expected = snapshot_of(server)
+    repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "aof"}
+    backup = run_module("redis_snapshot", dict(server.login, method="bgsave", **repo))
+    assert not backup.get("failed"), backup
+    # The world changes after the snapshot.
+    server.client(db=0).flushall()
+    server.client(db=0).set("after-snapshot", "x")
+    pid_file = server.process.pid_file
+    stop = ["sh", "-c", 'kill "$(cat "$1")"', "stop", str(pid_file)]
+    start = ["redis-server", str(server.conf), "--daemonize", "yes", "--pidfile", str(pid_file)]
+    args = dict(server.login, state="restore", method="file", stop_command=stop, start_command=start, **repo)
+    checked = run_module("redis_snapshot", args, check_mode=True)
+    assert checked["changed"] and server.client().get("after-snapshot") == b"x"
+    restored = run_module("redis_snapshot", args)
+    assert not restored.get("failed"), restored
+    assert restored["keys_restored"] == {"db0": len(expected[0]), "db3": len(expected[3])}
+    assert snapshot_of(server) == expected
+    assert any("appendonlydir.pre-restore-" in p for p in restored["previous_files"])
+    assert "appendonly yes" in server.conf.read_text()
+    assert server.client().config_get("appendonly")["appendonly"] == "yes"
+    # Restart: Redis loads the AOF, which must now hold the restored data.
+    server.stop()
+    server.start()
+    assert snapshot_of(server) == expected
