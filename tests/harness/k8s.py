@@ -133,7 +133,7 @@ def _pki(workdir: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                                       "kubernetes.default.svc.cluster.local")]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.96.0.1")]
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -188,8 +188,9 @@ class KubeCluster:
     """etcd + kube-apiserver + kube-controller-manager under ``workdir``."""
 
     def __init__(self, workdir: t.Union[str, Path], bin_dir: t.Optional[Path] = None,
-                 controller_manager: bool = True) -> None:
+                 controller_manager: bool = True, audit: bool = False) -> None:
         self.workdir = Path(workdir)
+        self.audit = audit
         self.bin_dir = bin_dir
         self.with_controller_manager = controller_manager
         self.etcd = ManagedProcess("etcd", self.workdir)
@@ -286,7 +287,7 @@ class KubeCluster:
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(wd / "sa.pub"),
             "--service-account-signing-key-file", str(wd / "sa.key"),
-            "--service-cluster-ip-range", "10.0.0.0/24",
+            "--service-cluster-ip-range", "10.96.0.0/16",
             "--allow-privileged=true",
             # No kubelet: Pods must be creatable before the controller manager made the default
             # ServiceAccount, and need no token volume.
@@ -294,7 +295,7 @@ class KubeCluster:
             # The kubernetes Service may not point at a loopback address: no endpoint reconciler.
             "--endpoint-reconciler-type", "none",
             "--profiling=false", "--v=0",
-        ])
+        ] + self._audit_args())
         self._write_state()
         ca_pem = (wd / "ca.crt").read_bytes()
         _write_kubeconfig(self.kubeconfig, kubeconfig_dict(
@@ -319,6 +320,7 @@ class KubeCluster:
                 "--use-service-account-credentials=true",
                 "--leader-elect=false", "--secure-port=0",
                 "--concurrent-deployment-syncs", "10", "--concurrent-replicaset-syncs", "10",
+                "--kube-api-qps", "200", "--kube-api-burst", "400",
                 "--v=0",
             ])
         admin = self.client()
@@ -333,6 +335,39 @@ class KubeCluster:
             self.controller_manager.wait_until(lambda: self._has_default_sa(admin), timeout=timeout,
                                                what="running (default ServiceAccount created)")
         self.started_in = round(time.monotonic() - started, 1)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_args(self) -> t.List[str]:
+        """With ``audit=True`` every request is logged (one JSON line, metadata only) to ``audit.log``:
+        how the benchmark counts what a client sent."""
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                      "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log),
+                "--audit-log-format", "json", "--audit-log-mode", "blocking", "--audit-log-maxsize", "0"]
+
+    def audit_requests(self, start: int = 0, user: str = "admin") -> t.Tuple[int, int]:
+        """``(requests by user, new offset)`` counted in the audit log from byte ``start`` on."""
+        count = 0
+        with open(self.audit_log, "rb") as handle:
+            handle.seek(start)
+            data = handle.read()
+        for line in data.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("stage") == "ResponseComplete" and (event.get("user") or {}).get("username") == user:
+                count += 1
+        return count, start + len(data)
+
+    def audit_offset(self) -> int:
+        return self.audit_log.stat().st_size if self.audit_log.exists() else 0
 
     def _has_default_sa(self, admin: _k8s.K8sClient) -> bool:
         return admin.get("v1", "serviceaccounts", "default", "default", missing_ok=True) is not None
