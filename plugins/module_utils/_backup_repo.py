@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
+from ansible_collections.runbook.ops.plugins.module_utils._common import (
+    RunbookError, Stopwatch, parse_duration, parse_time, utcnow)
+from ansible_collections.runbook.ops.plugins.module_utils._findings import finding, sort_findings, summarize
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
     Repository, backup_summary, public_incomplete)
 from ansible_collections.runbook.ops.plugins.module_utils._retention import policy_is_empty
@@ -24,18 +26,65 @@ def _selected(repo: Repository, params: dict) -> t.List[dict]:
     return manifests
 
 
+def _ref(item: dict) -> str:
+    return "Backup/%s/%s/%s" % (item["kind"], item["set"], item.get("id") or item.get("backup_id"))
+
+
+def freshness_findings(manifests: t.List[dict], incomplete: t.List[dict], max_age: t.Optional[str]) -> t.List[dict]:
+    """Findings of a repository listing: stale sets (with ``max_age``) and incomplete backups."""
+    findings = []
+    limit = parse_duration(max_age, "max_age")
+    now = utcnow()
+    latest: t.Dict[t.Tuple[str, str], dict] = {}
+    for manifest in manifests:  # newest first
+        latest.setdefault((manifest["kind"], manifest["set"]), manifest)
+    for (kind, set_name), manifest in sorted(latest.items()):
+        # Age of the data: the backup's start, when its snapshot was taken.
+        age = (now - parse_time(manifest["created"], "created")).total_seconds()
+        details = {"backup_id": manifest["id"], "age_s": round(age), "created": manifest["created"]}
+        obj = "BackupSet/%s/%s" % (kind, set_name)
+        if limit and age > limit:
+            findings.append(finding("critical", "backup_freshness", obj, "latest complete backup was taken %.1f h ago, above max_age %s"
+                                    % (age / 3600.0, max_age), details))
+        else:
+            findings.append(finding("ok", "backup_freshness", obj, "latest complete backup was taken %.1f h ago" % (age / 3600.0), details))
+    for item in incomplete:
+        findings.append(finding("warning", "backup_incomplete", _ref(item),
+                                "incomplete backup (%s) holding %d bytes; remove it with state=cleanup"
+                                % (item["reason"], item["stored_size"]), {"prefix": item["prefix"]}))
+    return findings
+
+
+def _with_findings(result: dict, findings: t.List[dict]) -> dict:
+    findings = sort_findings(findings)
+    result["status"], result["summary"] = summarize(findings)
+    result["findings"] = findings
+    return result
+
+
 def list_backups(repo: Repository, params: dict) -> dict:
     manifests, incomplete = repo.scan(params.get("kind"), params.get("set"))
     if params.get("backup_id"):
         manifests = [m for m in manifests if m["id"] == params["backup_id"]]
-    return {"changed": False, "backups": [backup_summary(m) for m in manifests],
-            "incomplete": public_incomplete(incomplete)}
+    result = {"changed": False, "backups": [backup_summary(m) for m in manifests],
+              "incomplete": public_incomplete(incomplete)}
+    return _with_findings(result, freshness_findings(manifests, incomplete, params.get("max_age")))
 
 
 def verify_backups(repo: Repository, params: dict) -> dict:
     identities = load_identities(params.get("encryption_identity"))
-    verified = [repo.verify(manifest, identities) for manifest in _selected(repo, params)]
+    selected = _selected(repo, params)
+    if params.get("latest_only"):
+        newest: t.Dict[t.Tuple[str, str], dict] = {}
+        for manifest in selected:
+            newest.setdefault((manifest["kind"], manifest["set"]), manifest)
+        selected = list(newest.values())
+    verified = [repo.verify(manifest, identities) for manifest in selected]
     result: dict = {"changed": False, "verified": verified}
+    _with_findings(result, [
+        finding("ok" if v["ok"] else "critical", "backup_verify", _ref(dict(v, id=v["backup_id"])),
+                "verified (%s)" % v["level"] if v["ok"] else "; ".join(v["problems"]), {"level": v["level"]})
+        for v in verified])
     bad = [v for v in verified if not v["ok"]]
     if bad:
         result["_fail_msg"] = "%d of %d backups failed verification: %s" % (

@@ -71,6 +71,15 @@ options:
       keep_monthly:
         description: Keep the newest backup of each of the last N months that have one.
         type: int
+  max_age:
+    description:
+      - For O(state=list), a set whose newest complete backup started longer ago than this (V(26h), V(8d)...)
+        gets a V(critical) finding, so a daily check notices backups that silently stopped.
+    type: str
+  latest_only:
+    description: For O(state=verify), verify only the newest complete backup of each set in scope.
+    type: bool
+    default: false
   older_than:
     description:
       - For O(state=cleanup), only incomplete backups and unfinished uploads older than this (V(24h), V(30m)...),
@@ -90,6 +99,13 @@ EXAMPLES = r"""
     repository: s3://platform-backups/runbook
     region: eu-west-1
   register: repo
+
+- name: Fail the daily check when a set has no backup younger than 26 hours
+  runbook.ops.backup_repo:
+    repository: s3://platform-backups/runbook
+    max_age: 26h
+  register: backups
+  failed_when: backups.status == 'critical'
 
 - name: Prove that the latest PostgreSQL backups decrypt to the end
   runbook.ops.backup_repo:
@@ -251,6 +267,42 @@ aborted_uploads:
     started:
       description: When the upload started.
       type: str
+findings:
+  description:
+    - The result as findings (the schema every runbook.ops health-style module returns).
+    - For O(state=list), one per set (V(backup_freshness), V(critical) when older than O(max_age)) and one
+      V(warning) per incomplete backup; for O(state=verify), one per backup verified (V(critical) on a problem).
+  returned: when O(state=list) or O(state=verify)
+  type: list
+  elements: dict
+  contains:
+    severity:
+      description: One of V(ok), V(info), V(warning), V(unknown), V(critical).
+      type: str
+    check:
+      description: Which check produced it.
+      type: str
+      sample: backup_verify
+    object:
+      description: What it is about.
+      type: str
+      sample: Backup/postgresql/auth_service/20261124T031500.042Z-3fa91c
+    message:
+      description: What was found, for a human.
+      type: str
+    details:
+      description: Machine-readable facts behind the message.
+      type: dict
+status:
+  description: The worst severity among RV(findings).
+  returned: when O(state=list) or O(state=verify)
+  type: str
+  sample: ok
+summary:
+  description: How many findings of each severity.
+  returned: when O(state=list) or O(state=verify)
+  type: dict
+  sample: {ok: 3, info: 0, warning: 1, unknown: 0, critical: 0}
 duration_s:
   description: Seconds the task took.
   returned: always
@@ -278,6 +330,8 @@ def main() -> None:
         set=dict(type="str"),
         backup_id=dict(type="str"),
         older_than=dict(type="str", default="24h"),
+        max_age=dict(type="str"),
+        latest_only=dict(type="bool", default=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            required_by={"set": "kind", "backup_id": ("kind", "set")})

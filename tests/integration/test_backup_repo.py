@@ -246,3 +246,22 @@ def test_no_secret_in_verbose_output(s3_server, s3_bucket, age_key, tmp_path):
         # Extra vars are echoed by ansible itself only if logged; the module output must never hold them.
         module_output = proc.stdout.split("PLAY [", 1)[1]
         assert secret not in module_output, "secret leaked at -vvvv"
+
+
+def test_findings_for_freshness_incomplete_and_verify(repository):
+    repo = Repository.from_options(repository)
+    old = _backup(repo, set_name="old", when=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc))
+    _backup(repo, set_name="fresh")
+    repo.new_backup("postgresql", "fresh").add_object("data", _Reader(b"x" * 10))  # never committed
+    listed = run_module("backup_repo", dict(repository, max_age="26h"))
+    by_object = {f["object"]: f for f in listed["findings"]}
+    assert listed["status"] == "critical"
+    assert by_object["BackupSet/postgresql/old"]["severity"] == "critical"
+    assert "above max_age 26h" in by_object["BackupSet/postgresql/old"]["message"]
+    assert by_object["BackupSet/postgresql/fresh"]["severity"] == "ok"
+    assert [f["check"] for f in listed["findings"] if f["severity"] == "warning"] == ["backup_incomplete"]
+    assert listed["summary"] == {"ok": 1, "info": 0, "warning": 1, "unknown": 0, "critical": 1}
+    _backup(repo, set_name="old")
+    checked = run_module("backup_repo", dict(repository, state="verify", latest_only=True))
+    assert checked["status"] == "ok" and len(checked["findings"]) == 2
+    assert old["id"] not in json.dumps(checked["findings"])
