@@ -1,0 +1,200 @@
+"""Pure parts of cert_renew: judging expiry, issuing and checking certificates, finding consumers."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from ansible_collections.runbook.ops.plugins.module_utils import _certs
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+
+NOW = datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+def make_cert(cn: str, key, signer_key=None, signer_name=None, start=NOW - 85 * DAY, end=NOW + 5 * DAY,
+              ca: bool = False, sans=("svc.example",)):
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Lab"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(signer_name or name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(s) for s in sans] + [x509.IPAddress(__import__("ipaddress").ip_address("10.0.0.7"))]),
+            critical=False)
+    signer = signer_key or key
+    return builder.sign(signer, None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+
+
+def pem(obj) -> str:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM).decode()
+    return _certs.key_pem(obj).decode()
+
+
+@pytest.fixture(scope="module")
+def ca():
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = make_cert("Lab CA", key, start=NOW - 400 * DAY, end=NOW + 3650 * DAY, ca=True, sans=())
+    return cert, key
+
+
+# ----------------------------------------------------------------------------------------------
+# judge
+
+
+def test_judge_below_threshold_is_warning_with_human_message():
+    verdict = _certs.judge(NOW - 78 * DAY, NOW + 12 * DAY, NOW, 30, None)
+    assert verdict["should_renew"] is True
+    assert verdict["severity"] == "warning"
+    assert verdict["msg"] == "expires in 12 days, below 30"
+    assert verdict["days_left"] == 12.0
+
+
+def test_judge_far_from_expiry_is_ok_and_not_renewed():
+    verdict = _certs.judge(NOW - 165 * DAY, NOW + 200 * DAY, NOW, 30, None)
+    assert verdict["should_renew"] is False
+    assert verdict["severity"] == "ok"
+    assert "expires in 200 days" in verdict["msg"]
+
+
+def test_judge_expired_is_critical():
+    verdict = _certs.judge(NOW - 92 * DAY, NOW - 2 * DAY, NOW, 30, None)
+    assert verdict["should_renew"] is True
+    assert verdict["severity"] == "critical"
+    assert verdict["msg"].startswith("expired 2 days ago")
+    assert verdict["days_left"] == -2.0
+
+
+def test_judge_percentage_of_lifetime():
+    # 90-day certificate, 35 days left: above 30 days but below a third of its lifetime (38.9%).
+    verdict = _certs.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.4)
+    assert verdict["should_renew"] is True
+    assert "38% of its lifetime left, below 40%" in verdict["msg"]
+    assert _certs.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.33)["should_renew"] is False
+
+
+def test_judge_force_and_not_yet_valid():
+    verdict = _certs.judge(NOW - 10 * DAY, NOW + 80 * DAY, NOW, 30, None, force=True)
+    assert verdict["should_renew"] is True and verdict["severity"] == "ok"
+    assert verdict["msg"].endswith("renewal forced")
+    future = _certs.judge(NOW + DAY, NOW + 91 * DAY, NOW, 30, None)
+    assert future["severity"] == "critical" and "not valid before" in future["msg"]
+
+
+# ----------------------------------------------------------------------------------------------
+# issuing
+
+
+@pytest.mark.parametrize("key_type", list(_certs.KEY_TYPES))
+def test_ca_issuer_keeps_subject_and_sans_with_new_serial(ca, key_type):
+    ca_cert, ca_key = ca
+    old_key = ec.generate_private_key(ec.SECP256R1())
+    old = make_cert("auth.svc", old_key, ca_key, ca_cert.subject)
+    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)}, now=NOW)
+    key = _certs.generate_key(key_type)
+    new, ca_pem, notes = issuer.issue(old, key, 90)
+    assert new.subject == old.subject
+    assert _certs.sans_of(new) == _certs.sans_of(old) == ["DNS:svc.example", "IP:10.0.0.7"]
+    assert new.serial_number != old.serial_number
+    assert new.issuer == ca_cert.subject
+    assert _certs.signed_by(new, ca_cert)
+    assert _certs.key_matches(key, new)
+    assert ca_pem.strip() == pem(ca_cert).encode().strip()
+    assert notes == []
+    lifetime = _certs.not_after(new) - _certs.not_before(new)
+    assert datetime.timedelta(days=90) <= lifetime <= datetime.timedelta(days=90, minutes=6)
+
+
+def test_selfsigned_issuer_signs_with_its_own_key():
+    old_key = ed25519.Ed25519PrivateKey.generate()
+    old = make_cert("self.example", old_key)
+    key = _certs.generate_key("ed25519")
+    new, ca_pem, _notes = _certs.Issuer.from_options({"type": "selfsigned"}).issue(old, key, 30)
+    assert new.issuer == new.subject == old.subject
+    assert _certs.signed_by(new, new)
+    assert ca_pem == _certs.cert_pem(new)
+
+
+def test_validity_is_cut_to_the_ca_expiry():
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    soon = datetime.datetime.now(datetime.timezone.utc) + 10 * DAY
+    ca_cert = make_cert("Short CA", ca_key, start=NOW - 400 * DAY, end=soon, ca=True, sans=())
+    old = make_cert("x", ec.generate_private_key(ec.SECP256R1()), ca_key, ca_cert.subject)
+    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)})
+    new, _pem, notes = issuer.issue(old, _certs.generate_key("ecdsa-p256"), 90)
+    assert _certs.not_after(new) == ca_cert.not_valid_after_utc
+    assert notes and "CA's expiry" in notes[0]
+
+
+def test_issuer_key_not_matching_its_certificate_is_refused(ca):
+    ca_cert, _ca_key = ca
+    other = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(RunbookError, match="does not match the public key of issuer.ca_cert"):
+        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(other)}, now=NOW)
+
+
+def test_issuer_that_is_not_a_ca_is_refused():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = make_cert("leaf", key, start=NOW - DAY, end=NOW + 100 * DAY)
+    with pytest.raises(RunbookError, match="not a CA certificate"):
+        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(leaf), "ca_key": pem(key)}, now=NOW)
+
+
+def test_encrypted_ca_key_needs_its_passphrase(ca):
+    ca_cert, ca_key = ca
+    encrypted = ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.BestAvailableEncryption(b"s3cret")).decode()
+    with pytest.raises(RunbookError, match="encrypted and no passphrase"):
+        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted}, now=NOW)
+    with pytest.raises(RunbookError, match="passphrase is wrong"):
+        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted,
+                                    "ca_key_passphrase": "wrong"}, now=NOW)
+    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted,
+                                         "ca_key_passphrase": "s3cret"}, now=NOW)
+    assert issuer.kind == "ca"
+
+
+def test_check_issued_refuses_a_key_mismatch_and_a_foreign_signature(ca):
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    good = make_cert("a", key, ca_key, ca_cert.subject, start=now - DAY, end=now + 30 * DAY)
+    _certs.check_issued(good, key, ca_cert)
+    with pytest.raises(RunbookError, match="does not match the private key"):
+        _certs.check_issued(good, ec.generate_private_key(ec.SECP256R1()), ca_cert)
+    rogue = make_cert("a", key, ec.generate_private_key(ec.SECP256R1()), ca_cert.subject, start=now - DAY,
+                      end=now + 30 * DAY)
+    with pytest.raises(RunbookError, match="does not verify with the CA"):
+        _certs.check_issued(rogue, key, ca_cert)
+    expired = make_cert("a", key, ca_key, ca_cert.subject, start=now - 30 * DAY, end=now - DAY)
+    with pytest.raises(RunbookError, match="not valid now"):
+        _certs.check_issued(expired, key, ca_cert)
+
+
+def test_load_certificates_rejects_non_pem():
+    with pytest.raises(RunbookError, match="holds no PEM certificate"):
+        _certs.load_certificates(b"hello", "Secret/a/b tls.crt")
+
+
+# ----------------------------------------------------------------------------------------------
+# consumers
+
+
+def test_referenced_secrets_covers_volumes_projected_env_and_env_from():
+    spec = {
+        "volumes": [{"name": "tls", "secret": {"secretName": "a-tls"}},
+                    {"name": "p", "projected": {"sources": [{"secret": {"name": "b-tls"}}, {"configMap": {"name": "c"}}]}},
+                    {"name": "cm", "configMap": {"name": "not-a-secret"}}],
+        "containers": [{"name": "app", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "c-tls", "key": "k"}}},
+                                               {"name": "Y", "value": "plain"}]}],
+        "initContainers": [{"name": "init", "envFrom": [{"secretRef": {"name": "d-tls"}}, {"configMapRef": {"name": "e"}}]}],
+    }
+    assert _certs.referenced_secrets(spec) == {"a-tls", "b-tls", "c-tls", "d-tls"}
+    assert _certs.referenced_secrets({}) == set()
