@@ -1,0 +1,240 @@
+"""The pure part of jwt_rotate: keys, RFC 7638 kids, the next/active/retired state machine."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import jwt
+import pytest
+from joserfc.jwk import KeySet as JoseKeySet
+
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._jwks import (
+    ALGORITHMS, Key, KeySet, Policy, export_active, generate_jwk, plan, private_pem, public_jwk, thumbprint,
+)
+
+T0 = datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
+HOUR = 3600.0
+DAY = 86400.0
+PRIVATE = ("d", "p", "q", "dp", "dq", "qi", "k")
+
+
+def at(**delta: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(**delta)
+
+
+def size_for(alg: str) -> int:
+    return 2048  # the smallest allowed RSA size keeps the tests fast
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys and thumbprints
+
+
+def test_thumbprint_matches_rfc7638_example():
+    # RFC 7638 section 3.1
+    jwk = {"kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29", "n": (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
+        "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5"
+        "hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw")}
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize("alg", sorted(ALGORITHMS))
+def test_generated_keys_sign_and_verify_with_pyjwt_and_kid_is_the_thumbprint(alg):
+    jwk = generate_jwk(alg, size_for(alg))
+    assert jwk["alg"] == alg and jwk["use"] == "sig"
+    # An independent implementation computes the same thumbprint.
+    assert JoseKeySet.import_key_set({"keys": [dict(jwk)]}).keys[0].thumbprint() == jwk["kid"]
+    token = jwt.encode({"sub": "alice"}, jwt.PyJWK(jwk).key, algorithm=alg, headers={"kid": jwk["kid"]})
+    verifier = jwt.PyJWK(jwk if alg.startswith("HS") else public_jwk(jwk)).key
+    assert jwt.decode(token, verifier, algorithms=[alg])["sub"] == "alice"
+    if not alg.startswith("HS"):
+        public = public_jwk(jwk)
+        assert not set(public) & set(PRIVATE)
+        assert public["kid"] == thumbprint(public)
+
+
+def test_rsa_key_size_is_honoured_and_small_sizes_are_refused():
+    jwk = generate_jwk("RS256", 3072)
+    assert jwt.PyJWK(jwk).key.key_size == 3072
+    with pytest.raises(RunbookError, match="at least 2048"):
+        generate_jwk("RS256", 1024)
+
+
+def test_hmac_secret_is_printable_and_long_enough():
+    for alg, length in (("HS256", 43), ("HS512", 86)):
+        jwk = generate_jwk(alg)
+        raw = export_active(jwk, "raw")
+        assert len(raw) == length and raw.decode("ascii").isprintable()
+        token = jwt.encode({"a": 1}, raw, algorithm=alg)
+        assert jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=[alg]) == {"a": 1}
+    with pytest.raises(RunbookError, match="no public part"):
+        public_jwk(generate_jwk("HS256"))
+    with pytest.raises(RunbookError, match="no PEM form"):
+        export_active(generate_jwk("HS256"), "pem")
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES384", "EdDSA"])
+def test_pem_export_signs_tokens_the_public_key_verifies(alg):
+    jwk = generate_jwk(alg, 2048)
+    pem = private_pem(jwk)
+    assert pem.startswith("-----BEGIN PRIVATE KEY-----")
+    token = jwt.encode({"x": 1}, pem, algorithm=alg)
+    assert jwt.decode(token, jwt.PyJWK(public_jwk(jwk)).key, algorithms=[alg]) == {"x": 1}
+    with pytest.raises(RunbookError, match="raw is only for"):
+        export_active(jwk, "raw")
+    assert json.loads(export_active(jwk, "jwk"))["kid"] == jwk["kid"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stored sets
+
+
+def test_parse_refuses_what_is_not_a_jwk_set():
+    with pytest.raises(RunbookError, match="not JSON; refusing to overwrite"):
+        KeySet.parse("c2VjcmV0", T0, DAY)
+    with pytest.raises(RunbookError, match="not a JWK Set"):
+        KeySet.parse('{"jwt-secret": "x"}', T0, DAY)
+    with pytest.raises(RunbookError, match="unknown state"):
+        jwk = generate_jwk("ES256")
+        KeySet.parse(json.dumps({"keys": [dict(jwk, state="old", created="2026-01-01T00:00:00Z")]}), T0, DAY)
+    assert KeySet.parse(None, T0, DAY).keys == []
+    assert KeySet.parse("", T0, DAY).keys == []
+
+
+def test_foreign_jwk_set_is_adopted_first_key_active():
+    one, two = generate_jwk("ES256"), generate_jwk("ES256")
+    del one["kid"]
+    keys = KeySet.parse(json.dumps({"keys": [one, two]}), T0, DAY)
+    assert keys.active.kid == thumbprint(one)
+    assert keys.by_state("retired")[0].kid == two["kid"]
+    assert keys.by_state("retired")[0].retire_at == at(days=1)
+
+
+def test_dump_parse_round_trip_is_stable_and_active_first():
+    result = plan(KeySet(), Policy("ES256", prepublish=HOUR, rotate_after=DAY), T0)
+    later = plan(result.after, Policy("ES256", prepublish=HOUR, rotate_after=DAY), at(hours=23))
+    text = later.after.dump()
+    again = KeySet.parse(text, at(hours=23), DAY)
+    assert again.dump() == text
+    assert [k["state"] for k in json.loads(text)["keys"]] == ["active", "next"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The state machine
+
+
+def es(**kwargs) -> Policy:
+    kwargs.setdefault("rotate_after", 30 * DAY)
+    kwargs.setdefault("grace_period", DAY)
+    return Policy("ES256", **kwargs)
+
+
+def test_first_run_makes_one_active_key_and_second_run_changes_nothing():
+    first = plan(KeySet(), es(), T0)
+    assert first.changed and first.rotated and len(first.after.keys) == 1
+    assert first.after.active.activated == T0
+    assert first.next_rotation == at(days=30)
+    second = plan(first.after, es(), at(days=29))
+    assert not second.changed and not second.rotated
+    assert second.after.dump() == first.after.dump()
+
+
+def test_due_rotation_retires_old_key_for_the_grace_period_then_drops_it():
+    first = plan(KeySet(), es(), T0).after
+    old = first.active.kid
+    rotated = plan(first, es(), at(days=30))
+    assert rotated.rotated and rotated.after.active.kid != old
+    retired = rotated.after.by_state("retired")
+    assert [k.kid for k in retired] == [old] and retired[0].retire_at == at(days=31)
+    assert not plan(rotated.after, es(), at(days=30, hours=23)).changed
+    dropped = plan(rotated.after, es(), at(days=31))
+    assert dropped.changed and not dropped.rotated and dropped.dropped == [old]
+    assert dropped.after.kids() == [rotated.after.active.kid]
+
+
+def test_prepublish_publishes_next_before_activating_it():
+    policy = es(prepublish=2 * DAY)
+    first = plan(KeySet(), policy, T0).after
+    assert not plan(first, policy, at(days=27, hours=23)).changed
+    step = plan(first, policy, at(days=28))
+    assert step.changed and not step.rotated and step.after.next is not None
+    nxt = step.after.next.kid
+    assert step.after.active.kid == first.active.kid
+    # Due, but the next key is not yet old enough: nothing happens, the run says so.
+    created_late = plan(first, policy, at(days=29, hours=12))
+    pending = plan(created_late.after, policy, at(days=30))
+    assert pending.pending and not pending.changed and pending.next_rotation == at(days=31, hours=12)
+    # Old enough and due: it becomes active, the old key retires.
+    done = plan(step.after, policy, at(days=30))
+    assert done.rotated and done.after.active.kid == nxt and done.after.next is None
+    assert [k.kid for k in done.after.by_state("retired")] == [first.active.kid]
+
+
+def test_force_rotates_now_and_prefers_the_published_next_key():
+    policy = es(prepublish=2 * DAY)
+    first = plan(KeySet(), policy, T0).after
+    forced = plan(first, es(force=True, prepublish=2 * DAY), at(hours=1))
+    assert forced.rotated and forced.generated == [forced.after.active.kid]
+    staged = plan(first, policy, at(days=28)).after
+    forced = plan(staged, es(force=True, prepublish=2 * DAY), at(days=28, minutes=1))
+    assert forced.rotated and forced.after.active.kid == staged.next.kid and forced.generated == []
+
+
+def test_revoke_all_with_force_leaves_one_new_key():
+    first = plan(KeySet(), es(), T0).after
+    rotated = plan(first, es(force=True), at(hours=1)).after
+    assert len(rotated.keys) == 2
+    result = plan(rotated, es(force=True, revoke=["all"]), at(hours=2))
+    assert sorted(result.revoked) == sorted(rotated.kids())
+    assert len(result.after.keys) == 1 and result.after.active.kid not in rotated.kids()
+
+
+def test_revoking_the_active_key_promotes_next_and_unknown_kids_change_nothing():
+    policy = es(prepublish=2 * DAY)
+    staged = plan(plan(KeySet(), policy, T0).after, policy, at(days=28)).after
+    result = plan(staged, es(prepublish=2 * DAY, revoke=[staged.active.kid]), at(days=28, hours=1))
+    assert result.revoked == [staged.active.kid] and result.after.active.kid == staged.next.kid
+    assert result.after.by_state("retired") == []
+    assert not plan(result.after, es(revoke=["no-such-kid"]), at(days=28, hours=2)).changed
+    with pytest.raises(RunbookError, match="either all or a list"):
+        es(revoke=["all", "abc"])
+
+
+def test_algorithm_change_rotates_and_discards_a_next_key_of_the_old_algorithm():
+    policy = es(prepublish=2 * DAY)
+    staged = plan(plan(KeySet(), policy, T0).after, policy, at(days=28)).after
+    result = plan(staged, Policy("EdDSA", rotate_after=30 * DAY, grace_period=DAY), at(days=28, hours=1))
+    assert staged.next.kid in result.dropped
+    assert result.rotated and result.after.active.alg == "EdDSA"
+    assert result.after.by_state("retired")[0].alg == "ES256"
+
+
+def test_public_set_holds_next_active_retired_without_private_members_or_hmac():
+    policy = es(prepublish=2 * DAY)
+    first = plan(KeySet(), policy, T0).after
+    rotated = plan(plan(first, es(force=True, grace_period=40 * DAY), at(days=1)).after, policy, at(days=29)).after
+    states = [k.state for k in rotated.sorted().keys]
+    assert states == ["active", "next", "retired"]
+    hmac = Key(generate_jwk("HS256"), "retired", T0, T0, at(days=40))
+    rotated.keys.append(hmac)
+    public = rotated.public()
+    assert [k["kid"] for k in public["keys"]] == [k.kid for k in rotated.sorted().keys if k.kid != hmac.kid]
+    for key in public["keys"]:
+        assert not set(key) & set(PRIVATE + ("state", "created"))
+
+
+def test_two_active_keys_written_by_hand_are_repaired():
+    one, two = generate_jwk("ES256"), generate_jwk("ES256")
+    text = json.dumps({"keys": [dict(one, state="active", created="2026-02-01T00:00:00Z"),
+                                dict(two, state="active", created="2026-02-20T00:00:00Z")]})
+    result = plan(KeySet.parse(text, T0, DAY), es(), T0)
+    assert result.after.active.kid == two["kid"]
+    assert [k.kid for k in result.after.by_state("retired")] == [one["kid"]]
+
+
+def test_negative_durations_are_refused():
+    with pytest.raises(RunbookError, match="grace_period must not be negative"):
+        Policy("ES256", grace_period=-1)
