@@ -252,17 +252,19 @@ def _pattern_regex(pattern: str) -> str:
 
 
 def _split_pattern(pattern: str) -> t.Tuple[t.Optional[str], str]:
-    """``schema.table`` at the last unquoted dot (database-qualified patterns are not supported)."""
+    """``[database.]schema.table``: the last two parts split at unquoted dots (a database part is ignored)."""
     quoted = False
-    split_at = -1
-    for index, char in enumerate(pattern):
+    parts = [""]
+    for char in pattern:
         if char == '"':
             quoted = not quoted
-        elif char == "." and not quoted:
-            split_at = index
-    if split_at < 0:
-        return None, pattern
-    return pattern[:split_at], pattern[split_at + 1:]
+        if char == "." and not quoted:
+            parts.append("")
+        else:
+            parts[-1] += char
+    if len(parts) == 1:
+        return None, parts[0]
+    return parts[-2], parts[-1]
 
 
 def matches(pattern: str, schema: str, name: t.Optional[str] = None) -> bool:
