@@ -101,5 +101,6 @@ def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:
     else:
         failed_msg = result.pop("_fail_msg", None)
         if failed_msg:
+            result.pop("msg", None)  # the failure message replaces the action's own summary
             module.fail_json(msg=failed_msg, **result)
         module.exit_json(**result)
