@@ -1,0 +1,319 @@
+"""ns_isolate against a real kube-apiserver (with etcd and kube-controller-manager, no kubelet, no CNI)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import typing as t
+
+from tests.harness.collection import run_module
+from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, deployment, service, wait_for
+
+from ansible_collections.runbook.ops.plugins.module_utils._isolation import (
+    QUARANTINE_LABEL, record_name, selector_matches)
+from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
+
+SECRET_VALUE = "sup3r-s3cret-db-password-77"
+SERVER_OWNED = ("resourceVersion", "managedFields", "generation", "creationTimestamp")
+
+
+def isolate(cluster, ns: str, check_mode: bool = False, diff: bool = False, token: t.Optional[str] = None,
+            **args: t.Any) -> dict:
+    params = dict(cluster.auth(token) if token else cluster.auth())
+    params.update(namespace=ns, **args)
+    params.setdefault("evidence", {"capture": False})
+    result = run_module("ns_isolate", params, check_mode=check_mode, diff=diff)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def setup_namespace(admin, kubelet, ns: str) -> None:
+    """Two Deployments with Services, two allowing policies, a Secret and an Event."""
+    admin.create("apps/v1", "deployments", deployment("web", ns, replicas=2))
+    admin.create("apps/v1", "deployments", deployment("worker", ns, replicas=1))
+    admin.create("v1", "services", service("web", ns, {"app": "web"}))
+    admin.create("v1", "services", service("worker", ns, {"app": "worker"}))
+    admin.create("networking.k8s.io/v1", "networkpolicies", {
+        "metadata": {"name": "allow-web-ingress", "namespace": ns, "labels": {"team": "auth"},
+                     "annotations": {"owner": "platform"}},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {}}, {"namespaceSelector": {}}],
+                              "ports": [{"protocol": "TCP", "port": 8080}]}]}})
+    admin.create("networking.k8s.io/v1", "networkpolicies", {
+        "metadata": {"name": "allow-all-egress", "namespace": ns},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
+    admin.create("v1", "secrets", {"metadata": {"name": "db-credentials", "namespace": ns},
+                                   "type": "Opaque", "stringData": {"password": SECRET_VALUE, "username": "app"}})
+    wait_for(lambda: len(admin.list("v1", "pods", ns)) == 3, what="pods of the Deployments")
+    kubelet.run_owned_pods(ns, "app=web", count=2)
+    kubelet.run_owned_pods(ns, "app=worker", count=1)
+    web = admin.list("v1", "pods", ns, label_selector="app=web")[0]
+    kubelet.event(ns, {"kind": "Pod", "name": web["metadata"]["name"]}, "Suspicious", "unexpected outbound traffic")
+
+
+def _clean(obj: dict) -> dict:
+    obj = json.loads(json.dumps(obj))
+    obj.pop("status", None)
+    for key in SERVER_OWNED:
+        obj["metadata"].pop(key, None)
+    return obj
+
+
+def snapshot(admin, ns: str) -> dict:
+    """Every object isolation may touch, minus status and server-owned metadata."""
+    state = {}
+    for api_version, plural in (("networking.k8s.io/v1", "networkpolicies"), ("v1", "services"),
+                                ("apps/v1", "deployments"), ("v1", "pods"), ("v1", "configmaps")):
+        for obj in admin.list(api_version, plural, ns):
+            if plural == "configmaps" and obj["metadata"]["name"] == "kube-root-ca.crt":
+                continue
+            state["%s/%s" % (plural, obj["metadata"]["name"])] = _clean(obj)
+    return state
+
+
+def allowing_policies(admin, ns: str, pod: dict) -> t.List[str]:
+    """Policies that select ``pod`` and carry any allow rule."""
+    found = []
+    labels = pod["metadata"].get("labels") or {}
+    for policy in admin.list("networking.k8s.io/v1", "networkpolicies", ns):
+        spec = policy["spec"]
+        if selector_matches(spec.get("podSelector") or {}, labels) and (spec.get("ingress") or spec.get("egress")):
+            found.append(policy["metadata"]["name"])
+    return found
+
+
+def selecting_policies(admin, ns: str, pod: dict) -> t.List[str]:
+    labels = pod["metadata"].get("labels") or {}
+    return sorted(p["metadata"]["name"] for p in admin.list("networking.k8s.io/v1", "networkpolicies", ns)
+                  if selector_matches(p["spec"].get("podSelector") or {}, labels))
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_isolate_and_release_namespace_restores_every_object(kube_cluster, kube_admin, kubelet, kube_namespace,
+                                                              repository):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+
+    result = isolate(kube_cluster, ns, diff=True, incident_id="inc-0001", suspend_services=True,
+                     evidence=dict(repository, log_tail_lines=100))
+    assert not result.get("failed"), result
+    assert result["changed"] and result["isolated"]
+    assert result["policies_created"] == ["runbook-isolate-inc-0001"]
+    assert result["policies_neutralised"] == ["allow-all-egress", "allow-web-ingress"]
+    assert result["services_suspended"] == ["web", "worker"]
+    assert len(result["pods_labelled"]) == 3
+    assert result["record"] == "ConfigMap/%s/%s" % (ns, record_name("inc-0001"))
+    assert any("CNI" in str(w) for w in result["warnings"]), result["warnings"]
+    assert result["diff"]["after"]["Service/%s/web" % ns]["selector"] != {"app": "web"}
+
+    # Together, the deny policy and the neutralised ones leave no allow rule for any quarantined Pod.
+    pods = kube_admin.list("v1", "pods", ns)
+    for pod in pods:
+        assert pod["metadata"]["labels"][QUARANTINE_LABEL] == "inc-0001"
+        assert allowing_policies(kube_admin, ns, pod) == [], pod["metadata"]["name"]
+        assert selecting_policies(kube_admin, ns, pod) == ["runbook-isolate-inc-0001"]
+    deny = kube_admin.get("networking.k8s.io/v1", "networkpolicies", "runbook-isolate-inc-0001", ns)
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    for name in ("web", "worker"):
+        svc = kube_admin.get("v1", "services", name, ns)
+        assert not any(all((p["metadata"]["labels"] or {}).get(k) == v for k, v in svc["spec"]["selector"].items())
+                       for p in pods)
+    record = kube_admin.get("v1", "configmaps", record_name("inc-0001"), ns)
+    recorded = json.loads(record["data"]["record.json"])
+    assert recorded["state"] == "isolated"
+    assert recorded["policies"]["allow-web-ingress"]["spec"] == before["networkpolicies/allow-web-ingress"]["spec"]
+
+    # Evidence: every file matches its sha256, no Secret value anywhere, failed logs are recorded.
+    ev = result["evidence"]
+    assert ev["files"] >= 7 and ev["bytes"] > 0
+    repo = Repository.from_options(repository)
+    manifest = repo.get("evidence", "inc-0001", ev["backup_id"])
+    meta = manifest["evidence"]
+    assert meta["api_server"] == kube_cluster.server
+    assert meta["identity"]["username"] == "admin"
+    assert meta["namespace"] == ns and meta["captured_at"]
+    objects = {o["name"]: o for o in manifest["objects"]}
+    assert {f["name"] for f in meta["files"]} == set(objects)
+    contents = {}
+    for entry in meta["files"]:
+        out = io.BytesIO()
+        repo.read_object(manifest, objects[entry["name"]], out)
+        data = out.getvalue()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], entry["name"]
+        assert len(data) == entry["size"]
+        assert SECRET_VALUE.encode() not in data, entry["name"]
+        contents[entry["name"]] = data
+    secrets = json.loads(contents["secrets.json"])
+    creds = next(s for s in secrets if s["metadata"]["name"] == "db-credentials")
+    assert creds["keys"] == ["password", "username"]
+    assert len(json.loads(contents["pods.json"])) == 3
+    owners = {o["kind"] for o in json.loads(contents["owners.json"])}
+    assert owners == {"ReplicaSet", "Deployment"}
+    assert any(e["reason"] == "Suspicious" for e in json.loads(contents["events.json"]))
+    assert {p["metadata"]["name"] for p in json.loads(contents["networkpolicies.json"])} == {
+        "allow-web-ingress", "allow-all-egress"}  # captured before anything changed
+    # No kubelet answers: every log is listed as failed with the API server's answer, none is made up.
+    assert len(meta["logs"]) == 3
+    assert all(entry["status"] == "failed" and entry["error"] for entry in meta["logs"])
+    assert meta["logs_failed"] == 3 and ev["logs_failed"] == 3 and ev["logs_captured"] == 0
+    assert not [name for name in objects if name.startswith("logs__")]
+
+    # Isolating again changes nothing.
+    again = isolate(kube_cluster, ns, incident_id="inc-0001", suspend_services=True, evidence=repository)
+    assert not again.get("failed"), again
+    assert again["changed"] is False and again["isolated"] is True
+    assert again["evidence"]["backup_id"] == ev["backup_id"]
+
+    released = isolate(kube_cluster, ns, diff=True, incident_id="inc-0001", state="released")
+    assert not released.get("failed"), released
+    assert released["changed"] is True and released["isolated"] is False
+    assert snapshot(kube_admin, ns) == before
+
+    # Releasing what is not isolated changes nothing.
+    second = isolate(kube_cluster, ns, incident_id="inc-0001", state="released")
+    assert second["changed"] is False and not second.get("failed"), second
+
+
+def test_pod_selector_leaves_other_pods_policies_alone(kube_cluster, kube_admin, kubelet, kube_namespace):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+    worker = kube_admin.list("v1", "pods", ns, label_selector="app=worker")[0]
+    policies_before = selecting_policies(kube_admin, ns, worker)
+    assert policies_before == ["allow-all-egress"]
+
+    result = isolate(kube_cluster, ns, incident_id="inc-0002", pod_selector={"app": "web"}, allow_dns=True,
+                     allow_from_namespaces=["forensics"], allow_cidrs=["10.40.0.0/24"])
+    assert not result.get("failed"), result
+    assert result["policies_neutralised"] == ["allow-all-egress", "allow-web-ingress"]
+    assert len(result["pods_labelled"]) == 2
+
+    # The worker is still selected by exactly the policies it had; the web Pods only by the deny policy.
+    worker = kube_admin.get("v1", "pods", worker["metadata"]["name"], ns)
+    assert QUARANTINE_LABEL not in worker["metadata"]["labels"]
+    assert selecting_policies(kube_admin, ns, worker) == ["allow-all-egress"]
+    for pod in kube_admin.list("v1", "pods", ns, label_selector="app=web"):
+        assert selecting_policies(kube_admin, ns, pod) == ["runbook-isolate-inc-0002"]
+    # A web Pod created later is excluded from the allowing policies too (one-label selector).
+    assert allowing_policies(kube_admin, ns, {"metadata": {"labels": {"app": "web"}}}) == ["runbook-isolate-inc-0002"]
+    deny = kube_admin.get("networking.k8s.io/v1", "networkpolicies", "runbook-isolate-inc-0002", ns)["spec"]
+    assert deny["podSelector"] == {"matchLabels": {"app": "web"}}
+    assert deny["egress"][0]["ports"][0]["port"] == 53
+    assert deny["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.40.0.0/24"}}]
+    assert deny["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "forensics"}
+
+    released = isolate(kube_cluster, ns, state="released")  # every incident recorded in the namespace
+    assert not released.get("failed") and released["changed"], released
+    assert snapshot(kube_admin, ns) == before
+
+
+def test_check_mode_changes_nothing(kube_cluster, kube_admin, kubelet, kube_namespace, tmp_path):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+    repo_dir = tmp_path / "repo"
+    result = isolate(kube_cluster, ns, check_mode=True, diff=True, incident_id="inc-0003", suspend_services=True,
+                     scale_to_zero=["Deployment/worker"], evidence={"repository": "file://%s" % repo_dir})
+    assert not result.get("failed"), result
+    assert result["changed"] is True
+    assert result["evidence"] is None
+    assert "Deployment/%s/worker" % ns in result["diff"]["after"]
+    assert any("capture evidence" in line for line in result["changes"])
+    assert snapshot(kube_admin, ns) == before
+    assert not repo_dir.exists()
+
+    # Check mode of a release after a real isolation reports the restore and changes nothing either.
+    isolate(kube_cluster, ns, incident_id="inc-0003", suspend_services=True)
+    isolated = snapshot(kube_admin, ns)
+    dry = isolate(kube_cluster, ns, check_mode=True, incident_id="inc-0003", state="released")
+    assert dry["changed"] is True and not dry.get("failed"), dry
+    assert snapshot(kube_admin, ns) == isolated
+    assert isolate(kube_cluster, ns, incident_id="inc-0003", state="released")["changed"] is True
+    assert snapshot(kube_admin, ns) == before
+
+
+def test_scale_to_zero_and_back(kube_cluster, kube_admin, kubelet, kube_namespace):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    dep_before = _clean(kube_admin.get("apps/v1", "deployments", "worker", ns))
+    result = isolate(kube_cluster, ns, incident_id="inc-0004", pod_selector={"app": "worker"},
+                     scale_to_zero=["Deployment/worker"])
+    assert not result.get("failed"), result
+    assert result["workloads_scaled"] == [{"workload": "Deployment/worker", "replicas": 1}]
+    assert kube_admin.get("apps/v1", "deployments", "worker", ns)["spec"]["replicas"] == 0
+    released = isolate(kube_cluster, ns, incident_id="inc-0004", state="released")
+    assert not released.get("failed"), released
+    assert _clean(kube_admin.get("apps/v1", "deployments", "worker", ns)) == dep_before
+
+
+def _grant(admin, ns: str, rules: t.List[dict]) -> None:
+    name = "isolation-partial"
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": name, "namespace": ns}, "rules": rules})
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": name, "namespace": ns},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}]})
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                 "metadata": {"name": "isolation-read-namespaces"},
+                 "rules": [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}]})
+    admin.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": "isolation-read-namespaces"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                             "name": "isolation-read-namespaces"},
+                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": RESTRICTED_USER}]})
+
+
+READ_ALL = {"apiGroups": ["", "apps", "networking.k8s.io"], "resources": ["*"], "verbs": ["get", "list"]}
+
+
+def test_failure_after_first_write_is_rolled_back(kube_cluster, kube_admin, kubelet, kube_namespace):
+    """The credentials may create the record and the deny policy but not change other policies:
+    the run fails at the first neutralisation and undoes the deny policy and the record."""
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+    _grant(kube_admin, ns, [READ_ALL,
+                            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update", "delete"]},
+                            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                             "verbs": ["create", "delete"]}])
+    result = isolate(kube_cluster, ns, token=RESTRICTED_TOKEN, incident_id="inc-0005")
+    assert result.get("failed"), result
+    assert "neutralise" in result["msg"] and "forbidden" in result["msg"], result["msg"]
+    assert "rolled back" in result["msg"] and result["rolled_back"] is True
+    assert snapshot(kube_admin, ns) == before
+
+
+def test_interrupted_isolation_is_completed_by_release(kube_cluster, kube_admin, kubelet, kube_namespace):
+    """Neither the next step nor the rollback is allowed: the record stays, and released (run with
+    other credentials from anywhere) puts everything back."""
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+    _grant(kube_admin, ns, [READ_ALL,
+                            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update"]},
+                            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                             "verbs": ["create", "update"]}])
+    result = isolate(kube_cluster, ns, token=RESTRICTED_TOKEN, incident_id="inc-0006", suspend_services=True)
+    assert result.get("failed"), result
+    assert result["rolled_back"] is False
+    assert "state=released" in result["msg"] and "suspend" in result["msg"], result["msg"]
+    # Half applied: the deny policy exists, both policies neutralised, the record says so.
+    record = json.loads(kube_admin.get("v1", "configmaps", record_name("inc-0006"), ns)["data"]["record.json"])
+    assert record["state"] == "incomplete"
+    assert kube_admin.get("networking.k8s.io/v1", "networkpolicies", "runbook-isolate-inc-0006", ns)
+
+    released = isolate(kube_cluster, ns, incident_id="inc-0006", state="released")
+    assert not released.get("failed") and released["changed"], released
+    assert snapshot(kube_admin, ns) == before
+
+
+def test_invalid_incident_id_fails_clearly(kube_cluster, kube_namespace):
+    result = isolate(kube_cluster, kube_namespace, incident_id="INC_1")
+    assert result.get("failed") and "incident_id 'INC_1' is not valid" in result["msg"], result
+    missing = isolate(kube_cluster, "no-such-namespace", incident_id="inc-1")
+    assert missing.get("failed") and "no-such-namespace" in missing["msg"] and "does not exist" in missing["msg"]
