@@ -44,6 +44,7 @@ attributes:
       - O(state=verify) runs for real in check mode, as it only reads.
   diff_mode:
     support: partial
+    description: Shows what would change.
     details: O(state=restore) shows the keys per database before and after.
 options:
   state:
