@@ -38,7 +38,7 @@ try:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR: t.Optional[str] = None
 except ImportError as _exc:  # pragma: no cover - reported by the module
@@ -273,9 +273,9 @@ class Issuer:
                                "missing); nothing was renewed or written" % subject)
         moment = now or utcnow()
         if not (not_before(ca_cert) <= moment < not_after(ca_cert)):
+            valid = (isoformat(not_before(ca_cert)), isoformat(not_after(ca_cert)))
             raise RunbookError("issuer refused: issuer.ca_cert (%s) is not valid now (valid %s to %s); nothing was "
-                               "renewed or written" % (subject, isoformat(not_before(ca_cert)),
-                                                        isoformat(not_after(ca_cert))))
+                               "renewed or written" % ((subject,) + valid))
         return cls("ca", ca_cert, ca_key, chain_pem.strip() + b"\n")
 
     def issue(self, template: "x509.Certificate", key: t.Any, validity_days: int,
@@ -493,8 +493,8 @@ class Renewer:
                 if kind == "certificate" and src.get("label_selector"):
                     raise RunbookError("%s: use name or all: true (label_selector is for tls_secret)" % where)
                 if not (src.get("name") or src.get("label_selector") or src.get("all")):
-                    raise RunbookError("%s needs name or %s" % (where, "label_selector" if kind == "tls_secret"
-                                                                 else "all: true"))
+                    wanted = "label_selector" if kind == "tls_secret" else "all: true"
+                    raise RunbookError("%s needs name or %s" % (where, wanted))
                 if not src.get("namespace") and not (kind == "certificate" and src.get("all")):
                     raise RunbookError("%s needs namespace" % where)
                 if self.client is None:

@@ -279,7 +279,7 @@ certificates:
       type: str
       sample: "2026-03-31T00:00:00Z"
     days_left:
-      description: Days until O(not_after) from O(now), negative once expired; null when the certificate could not be read.
+      description: Days until RV(certificates[].not_after) from O(now), negative once expired; null when the certificate could not be read.
       type: float
       sample: 12.4
     should_renew:
@@ -353,7 +353,9 @@ findings:
       type: str
       sample: "Certificate/auth/token-issuer-tls: expires in 4 days, below 30"
     details:
-      description: C(days_left), C(not_after), C(should_renew), C(renewed), C(lifetime_left) (fraction), and C(namespace), C(secret), C(issuing) for a Certificate, C(status) (HTTP) for a refused read.
+      description: >-
+        C(days_left), C(not_after), C(should_renew), C(renewed), C(lifetime_left) (fraction), and C(namespace),
+        C(secret), C(issuing) for a Certificate, C(status) (HTTP) for a refused read.
       type: dict
       sample: {days_left: 4.9, not_after: "2026-03-06T06:00:00Z", should_renew: true, renewed: false}
 status:

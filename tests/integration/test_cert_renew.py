@@ -13,7 +13,6 @@ import threading
 import typing as t
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -182,8 +181,8 @@ def test_secret_near_expiry_is_renewed_by_the_ca_and_passes_openssl(kube_cluster
     assert again["status"] == "ok"
 
 
-def test_issuer_whose_key_does_not_match_is_refused_before_anything_is_written(kube_cluster, kube_admin,
-                                                                              kube_namespace):
+def test_issuer_whose_key_does_not_match_is_refused_before_anything_is_written(
+        kube_cluster, kube_admin, kube_namespace):
     ns = kube_namespace
     ca, other = CA(), CA("another CA")
     near, near_key = ca.leaf("near", days_left=5)
