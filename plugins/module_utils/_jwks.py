@@ -720,7 +720,7 @@ def wait_rollouts(client: t.Any, started: t.Sequence[t.Tuple[str, str, str, int]
 
 
 def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = False, diff: bool = False,
-           attempts: int = 5) -> dict:
+           attempts: int = 5, warn: t.Optional[t.Callable[[str], None]] = None) -> dict:
     """Apply the rotation policy to ``Secret/<namespace>/<secret_name>`` and its copies."""
     from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sConflict, K8sError
 
@@ -855,8 +855,9 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
         "concurrent_change": concurrent,
         "msg": ("(check mode) " if check_mode and changed else "") + msg,
     }
-    if warnings:
-        result["warnings"] = warnings
+    for warning in warnings:
+        if warn is not None:
+            warn(warning)
     if diff:
         result["diff"] = {
             "before_header": ref, "after_header": ref,

@@ -392,7 +392,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_fro
 def run(module: AnsibleModule) -> dict:
     client = client_from_module(module)
     try:
-        return rotate(client, module.params, check_mode=module.check_mode, diff=module._diff)  # pylint: disable=protected-access
+        return rotate(client, module.params, check_mode=module.check_mode,
+                      diff=module._diff, warn=module.warn)  # pylint: disable=protected-access
     finally:
         client.close()
 
