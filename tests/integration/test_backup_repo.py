@@ -265,3 +265,16 @@ def test_findings_for_freshness_incomplete_and_verify(repository):
     checked = run_module("backup_repo", dict(repository, state="verify", latest_only=True))
     assert checked["status"] == "ok" and len(checked["findings"]) == 2
     assert old["id"] not in json.dumps(checked["findings"])
+
+
+def test_stored_objects_open_with_the_age_and_zstd_command_line_tools(tmp_path, age_key):
+    """Disaster recovery without this collection: `age -d | zstd -d` gives back the original bytes."""
+    repo = Repository.from_options({"repository": "file://%s" % (tmp_path / "repo")})
+    data = os.urandom(200000) + b"plain text tail\n" * 5000
+    manifest = _backup(repo, data=data, recipients=[age_key.recipient])
+    key_file = tmp_path / "identity.txt"
+    key_file.write_text(age_key.identity + "\n")
+    stored = tmp_path / "repo" / "postgresql" / "app" / manifest["id"] / "data"
+    proc = subprocess.run("age -d -i %s %s | zstd -d" % (key_file, stored), shell=True, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data
