@@ -278,3 +278,17 @@ def test_stored_objects_open_with_the_age_and_zstd_command_line_tools(tmp_path, 
     proc = subprocess.run("age -d -i %s %s | zstd -d" % (key_file, stored), shell=True, capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == data
+
+
+@pytest.mark.parametrize("checksum", ["when_supported", "when_required"])
+def test_s3_server_side_encryption_and_checksum_modes(s3_server, s3_bucket, checksum):
+    options = dict(s3_server.repository_options(s3_bucket), s3_sse="AES256", s3_checksum=checksum)
+    repo = Repository.from_options(options)
+    # Large enough for a multipart upload (the first part is 16 MiB), small parts of text after it.
+    manifest = _backup(repo, data=os.urandom(17 << 20) + b"tail" * 1000)
+    client = s3_server.client()
+    for name in ("data", "manifest.json"):
+        head = client.head_object(Bucket=s3_bucket, Key="backups/postgresql/app/%s/%s" % (manifest["id"], name))
+        assert head["ServerSideEncryption"] == "AES256"
+    checked = run_module("backup_repo", dict(options, state="verify"))
+    assert checked["verified"][0]["ok"] is True
