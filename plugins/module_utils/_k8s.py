@@ -194,13 +194,13 @@ def _named(docs: t.List[t.Tuple[dict, t.Optional[str]]], section: str, name: str
 def _from_kubeconfig(settings: ConnectionSettings, docs: t.List[t.Tuple[dict, t.Optional[str]]],
                      context: t.Optional[str]) -> None:
     if not context:
-        context = next((doc.get("current-context") for doc, _ in docs if doc.get("current-context")), None)
-    where = ", ".join(p or "(inline kubeconfig)" for _, p in docs)
+        context = next((doc.get("current-context") for doc, _path in docs if doc.get("current-context")), None)
+    where = ", ".join(p or "(inline kubeconfig)" for _doc, p in docs)
     if not context:
         raise RunbookError("kubeconfig %s has no current-context; set the context option" % where)
-    ctx, _ = _named(docs, "contexts", context)
+    ctx = _named(docs, "contexts", context)[0]
     if ctx is None:
-        names = sorted({e.get("name") for d, _ in docs for e in d.get("contexts") or [] if isinstance(e, dict)})
+        names = sorted({e.get("name") for d, _path in docs for e in d.get("contexts") or [] if isinstance(e, dict)})
         raise RunbookError("context %r not found in kubeconfig %s (available: %s)"
                            % (context, where, ", ".join(names) or "none"))
     settings.context = context
@@ -758,10 +758,10 @@ class K8sClient:
                           field_manager=field_manager, force=force)
 
     def plural_of(self, api_version: str, kind: str) -> str:
-        for plural, (known_kind, _) in _KNOWN.get(api_version, {}).items():
+        for plural, (known_kind, _namespaced) in _KNOWN.get(api_version, {}).items():
             if known_kind == kind:
                 return plural
-        for plural, (served_kind, _) in (self.resources(api_version) or {}).items():
+        for plural, (served_kind, _namespaced) in (self.resources(api_version) or {}).items():
             if served_kind == kind:
                 return plural
         raise RunbookError("the API server does not serve kind %s in %s" % (kind, api_version))
@@ -776,8 +776,7 @@ class K8sClient:
         signing keys, a ConfigMap) that another actor may be changing at the same time.
         """
         for attempt in range(1, attempts + 1):
-            before = self.get(api_version, plural, name, namespace)
-            assert before is not None
+            before = self.get(api_version, plural, name, namespace) or {}
             after = mutate(json.loads(json.dumps(before)))
             if after is None or after == before:
                 return False, before, before

@@ -161,7 +161,7 @@ def _pki(workdir: Path) -> None:
 def kubeconfig_dict(server: str, ca_pem: bytes, users: t.Mapping[str, str],
                     contexts: t.Mapping[str, t.Tuple[str, str]], current: str) -> dict:
     """A kubeconfig: ``users`` maps user name to token, ``contexts`` maps name to (server, user)."""
-    servers = sorted({srv for srv, _ in contexts.values()} | {server})
+    servers = sorted({srv for srv, _user in contexts.values()} | {server})
     cluster_names = {srv: "cluster-%d" % i for i, srv in enumerate(servers)}
     return {
         "apiVersion": "v1", "kind": "Config", "preferences": {}, "current-context": current,
@@ -445,7 +445,7 @@ class Kubelet:
         status = {"conditions": conditions, "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
                   "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
                   "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
-        _, _, node = self.client.modify("v1", "nodes", name, lambda obj: dict(obj, status=status), subresource="status")
+        node = self.client.modify("v1", "nodes", name, lambda obj: dict(obj, status=status), subresource="status")[2]
         if ready and (node.get("spec") or {}).get("taints"):
             # Admission taints a new node not-ready; its (absent) lifecycle controller would lift that.
             node = self.client.patch("v1", "nodes", name, {"spec": {"taints": None}})

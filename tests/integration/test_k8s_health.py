@@ -14,6 +14,7 @@ from tests.harness.k8s import (
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sNotFound
 from tests.harness.process import free_port
 
+
 def health(cluster, ns: t.Optional[str] = None, token: t.Optional[str] = None, check_mode: bool = False,
            **args: t.Any) -> dict:
     params = dict(cluster.auth(token) if token else cluster.auth())
@@ -45,8 +46,8 @@ def later(minutes: float) -> str:
 # Workloads
 
 
-def test_deployment_without_ready_replicas_is_critical_and_partial_is_warning(kube_cluster, kube_admin, kubelet,
-                                                                               kube_namespace):
+def test_deployment_without_ready_replicas_is_critical_and_partial_is_warning(
+        kube_cluster, kube_admin, kubelet, kube_namespace):
     ns = kube_namespace
     kube_admin.create("apps/v1", "deployments", deployment("none-ready", ns, replicas=2))
     kube_admin.create("apps/v1", "deployments", deployment("half-ready", ns, replicas=2))
@@ -495,11 +496,12 @@ def test_certificate_check_does_not_apply_without_the_crd(kube_cluster, kube_adm
         assert result["status"] == "ok"
     finally:
         kube_admin.apply(CERTIFICATE_CRD)
+        wait_for(lambda: _served(kube_admin, "cert-manager.io/v1", "certificates"), timeout=30, what="the CRD to return")
 
-        def served() -> bool:
-            try:
-                kube_admin.list("cert-manager.io/v1", "certificates")
-            except K8sNotFound:
-                return False
-            return True
-        wait_for(served, timeout=30, what="the CRD to return")
+
+def _served(client, api_version: str, plural: str) -> bool:
+    try:
+        client.list(api_version, plural)
+    except K8sNotFound:
+        return False
+    return True

@@ -267,7 +267,7 @@ def test_conditional_patch_and_modify_retry_on_conflict(api):
     ]
     changed, before, after = client.modify("v1", "configmaps", "cm", lambda obj: dict(obj, data={"k": "v"}), "ns")
     assert changed and after["metadata"]["resourceVersion"] == "9"
-    puts = [body for method, _, _, body in api.seen if method == "PUT"]
+    puts = [seen[3] for seen in api.seen if seen[0] == "PUT"]
     assert [p["metadata"]["resourceVersion"] for p in puts] == ["7", "8"]
 
 
