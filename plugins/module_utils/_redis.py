@@ -1022,7 +1022,14 @@ def check_rdb_stream(repo: Repository, manifest: dict, entry: dict, identities: 
         if sink is not None:
             sink.abort()
             sink = None
-        raise RunbookError(_check_rdb_message(exc))
+        message = _check_rdb_message(exc)
+        if python_crc and exc.stage == "redis-check-rdb":
+            # The whole stream reached the inspector too: name the CRC mismatch when there is one.
+            try:
+                inspector.check_crc()
+            except StreamError as crc_exc:
+                message = "%s; %s" % (crc_exc.msg, message)
+        raise RunbookError(message)
     finally:
         if sink is not None:
             sink.abort()
