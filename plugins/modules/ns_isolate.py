@@ -101,7 +101,6 @@ options:
       - A failure to store the evidence fails the task before anything changes; set O(evidence.capture=false)
         to isolate without it.
     type: dict
-    apply_defaults: true
     suboptions:
       capture:
         description: Capture evidence before the first change.
