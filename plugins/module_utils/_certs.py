@@ -465,6 +465,8 @@ class Renewer:
                                "(for example 0.33), not %s" % pct)
         self.remaining_percentage = None if pct is None else float(pct)
         self.force = bool(params.get("force"))
+        if int(params.get("validity_days") or 90) < 1:
+            raise RunbookError("validity_days must be at least 1, not %s" % params.get("validity_days"))
         self.issuer: t.Optional[Issuer] = None
         self.entries: t.List[Entry] = []
         self.extra_findings: t.List[dict] = []
@@ -618,7 +620,11 @@ class Renewer:
             entry.msg += "; not renewed: no issuer given"
             return
         old_key_pem = base64.b64decode(data["tls.key"]) if data.get("tls.key") else None
-        cert, key, ca_pem = self._issue(entry, leaf, old_key_pem, "%s tls.key" % obj)
+        try:
+            cert, key, ca_pem = self._issue(entry, leaf, old_key_pem, "%s tls.key" % obj)
+        except RunbookError as exc:
+            self._renewal_failed(entry, exc)
+            return
         new_data = dict(data)
         new_data["tls.crt"] = base64.b64encode(cert_pem(cert)).decode()
         new_data["tls.key"] = base64.b64encode(key_pem(key)).decode()
@@ -631,10 +637,24 @@ class Renewer:
             try:
                 self.client.replace("v1", "secrets", body)  # type: ignore[union-attr]
             except K8sConflict:
-                raise RunbookError("renew %s: the Secret changed since it was read (resourceVersion %s); nothing was "
-                                   "written for it; run again to judge the current certificate"
-                                   % (obj, meta.get("resourceVersion")))
+                self._renewal_failed(entry, RunbookError(
+                    "renew %s: the Secret changed since it was read (resourceVersion %s); nothing was written for "
+                    "it; run again to judge the current certificate" % (obj, meta.get("resourceVersion"))))
+                return
+            except (K8sForbidden, K8sNotFound) as exc:
+                self._renewal_failed(entry, RunbookError("renew %s: %s; nothing was written for it" % (obj, exc.msg)))
+                return
         self.renewed_secrets.setdefault(meta.get("namespace", ""), set()).add(meta["name"])
+
+    def _renewal_failed(self, entry: Entry, exc: RunbookError) -> None:
+        """Keep going with the other sources; the task fails at the end with every result returned."""
+        entry.renewed = False
+        entry.new = None
+        entry.severity = "critical"
+        entry.msg += "; renewal failed: %s" % exc.msg
+        if self.diffs and self.diffs[-1]["object"] == entry.obj:
+            self.diffs.pop()
+        self.fail_msgs.append(exc.msg)
 
     def _issue(self, entry: Entry, leaf: "x509.Certificate", old_key_pem: t.Optional[bytes],
                what: str) -> t.Tuple["x509.Certificate", t.Any, bytes]:
@@ -711,19 +731,28 @@ class Renewer:
                 with open(key_path, "rb") as handle:
                     old_key = handle.read()
             except OSError as exc:
-                raise RunbookError("renew %s: cannot read %s: %s" % (obj, key_path, exc.strerror or exc))
-        cert, key, ca_pem = self._issue(entry, leaf, old_key, key_path)
+                self._renewal_failed(entry, RunbookError("renew %s: cannot read %s: %s"
+                                                         % (obj, key_path, exc.strerror or exc)))
+                return
+        try:
+            cert, key, ca_pem = self._issue(entry, leaf, old_key, key_path)
+        except RunbookError as exc:
+            self._renewal_failed(entry, exc)
+            return
         self._record(entry, cert)
         if self.check_mode:
             return
         ca_path = src.get("ca_path")
         bundle = cert_pem(cert) + (b"" if ca_path else ca_pem)
-        # Key first: a certificate whose key is missing is worse than an unused new key.
-        if not (self.params.get("reuse_key") and old_key):
-            write_atomic(key_path, key_pem(key), 0o600)
-        write_atomic(path, bundle, None)
-        if ca_path:
-            write_atomic(os.path.expanduser(ca_path), ca_pem, None)
+        try:
+            # Key first: a new key next to the old certificate is harmless until the certificate follows.
+            if not (self.params.get("reuse_key") and old_key):
+                write_atomic(key_path, key_pem(key), 0o600)
+            write_atomic(path, bundle, None)
+            if ca_path:
+                write_atomic(os.path.expanduser(ca_path), ca_pem, None)
+        except RunbookError as exc:
+            self._renewal_failed(entry, RunbookError("renew %s: %s" % (obj, exc.msg)))
 
     # -- endpoints ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.harness.collection import run_module
+from tests.harness.collection import run_module, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, certificate, create_certificate, deployment, ts
 
 CM = "cert-manager.io/v1"
@@ -491,3 +491,59 @@ def test_bad_source_options_fail_with_a_clear_message():
     result = run_module("cert_renew", {"sources": [{"type": "file", "path": "/nonexistent"}],
                                        "remaining_percentage": 33})
     assert result.get("failed") is True and "between 0 and 1" in result["msg"]
+
+
+def test_a_failed_renewal_keeps_the_other_results_and_the_old_files(tmp_path):
+    ca = CA()
+    good_cert, good_key = ca.leaf("good.test", days_left=4)
+    bad_cert, bad_key = ca.leaf("bad.test", days_left=4)
+    good, bad = tmp_path / "good.crt", tmp_path / "bad.crt"
+    good.write_bytes(_pem(good_cert))
+    bad.write_bytes(_pem(bad_cert))
+    (tmp_path / "good.key").write_bytes(_pem(good_key))
+    mismatched = tmp_path / "mismatched.key"
+    mismatched.write_bytes(_pem(good_key))  # not the key of bad.crt
+    result = run_module("cert_renew", {
+        "sources": [{"type": "file", "path": str(bad), "key_path": str(mismatched)},
+                    {"type": "file", "path": str(good), "key_path": str(tmp_path / "good.key")},
+                    {"type": "file", "path": str(tmp_path / "nowhere.crt")}],
+        "issuer": ca_issuer(ca), "reuse_key": True})
+    assert result.get("failed") is True
+    assert "reuse_key is set but the existing private key (%s) does not match" % mismatched in result["msg"]
+    assert result["renewed"] == 1
+    bad_row = one(result, "File%s" % bad)
+    assert bad_row["renewed"] is False and "renewal failed" in bad_row["msg"]
+    good_row = one(result, "File%s" % good)
+    assert good_row["renewed"] is True
+    assert "cannot read" in one(result, "File%s" % (tmp_path / "nowhere.crt"))["msg"]
+    assert bad.read_bytes() == _pem(bad_cert) and mismatched.read_bytes() == _pem(good_key)
+    # reuse_key kept the key: the renewed certificate carries the same public key.
+    renewed = x509.load_pem_x509_certificates(good.read_bytes())
+    assert renewed[0].public_key().public_numbers() == good_key.public_key().public_numbers()
+    assert renewed[1] == ca.cert  # the CA follows the certificate in the file
+    (tmp_path / "ca.pem").write_bytes(_pem(ca.cert))
+    assert openssl("verify", "-CAfile", str(tmp_path / "ca.pem"), str(good)).returncode == 0
+
+
+def test_no_key_material_in_verbose_playbook_output(tmp_path):
+    ca = CA()
+    cert, key = ca.leaf("verbose.test", days_left=3)
+    (tmp_path / "v.crt").write_bytes(_pem(cert))
+    (tmp_path / "v.key").write_bytes(_pem(key))
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - runbook.ops.cert_renew:\n"
+        "        sources: [{type: file, path: '%s', key_path: '%s'}]\n"
+        "        issuer: {type: ca, ca_cert: '{{ ca_cert }}', ca_key: '{{ ca_key }}'}\n"
+        "      register: out\n"
+        "    - ansible.builtin.debug: {var: out}\n" % (tmp_path / "v.crt", tmp_path / "v.key"))
+    proc = run_playbook(playbook, {"ca_cert": ca.cert_pem, "ca_key": ca.key_pem}, verbosity=4)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "renewed by the ca issuer" in proc.stdout
+    body = "".join(ca.key_pem.strip().splitlines()[1:-1])
+    new_key = "".join((tmp_path / "v.key").read_text().strip().splitlines()[1:-1])
+    flat = proc.stdout.replace("\\n", "").replace("\n", "")
+    # Skip the DER header (the same for every P-256 key): look for the private scalar.
+    assert body[52:92] not in flat and new_key[52:92] not in flat
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in flat or "********" in flat
