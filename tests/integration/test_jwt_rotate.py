@@ -8,9 +8,8 @@ import threading
 import typing as t
 
 import jwt
-import pytest
 
-from tests.harness.collection import REPO, run_module, run_playbook
+from tests.harness.collection import run_module, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, Kubelet, deployment, grant_read, wait_for
 
 T0 = "2026-03-01T00:00:00Z"
@@ -188,6 +187,7 @@ def test_hs256_end_to_end_through_active_key_secret(kube_cluster, kube_admin, ku
     env_secret = base64.b64decode(kube_admin.get("v1", "secrets", "app-env", ns)["data"]["JWT_SECRET"])
     # The application signs with the string it reads from JWT_SECRET, knowing nothing of JWKs...
     token = jwt.encode({"sub": "bob"}, env_secret, algorithm="HS256")
+
     # ...and every verifier holding the private set verifies it (the first signs, all verify).
     def verify_with_set(tok: str) -> bool:
         for key in stored_keys(kube_admin, ns):
@@ -245,8 +245,8 @@ def test_a_value_that_is_not_a_key_set_is_never_overwritten(kube_cluster, kube_a
 # Restarts, RBAC, secrets in output
 
 
-def test_restarted_deployment_gets_a_new_template_and_its_rollout_completes(kube_cluster, kube_admin, kubelet,
-                                                                           kube_namespace):
+def test_restarted_deployment_gets_a_new_template_and_its_rollout_completes(
+        kube_cluster, kube_admin, kubelet, kube_namespace):
     ns = kube_namespace
     kube_admin.create("apps/v1", "deployments", deployment("token-issuer", ns, replicas=2))
     kubelet.run_owned_pods(ns, "app=token-issuer", count=2)
