@@ -198,3 +198,47 @@ def test_referenced_secrets_covers_volumes_projected_env_and_env_from():
     }
     assert _certs.referenced_secrets(spec) == {"a-tls", "b-tls", "c-tls", "d-tls"}
     assert _certs.referenced_secrets({}) == set()
+
+
+# ----------------------------------------------------------------------------------------------
+# A Secret that changes between read and write
+
+
+class _RacingClient:
+    """Serves one TLS Secret and answers its write with 409, as the API server does for a stale resourceVersion."""
+
+    requests = 2
+
+    def __init__(self, secret):
+        self.secret = secret
+        self.written = []
+
+    def get(self, api_version, plural, name, namespace=None, **_kwargs):
+        return dict(self.secret)
+
+    def replace(self, api_version, plural, body, namespace=None, **_kwargs):
+        self.written.append(body["metadata"]["resourceVersion"])
+        raise _certs.K8sConflict("update Secret/auth/near-tls: conflict", status=409)
+
+
+def test_secret_changed_between_read_and_write_is_not_overwritten(ca):
+    import base64
+
+    ca_cert, ca_key = ca
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = make_cert("near", key, ca_key, ca_cert.subject, start=now - 85 * DAY, end=now + 5 * DAY)
+    secret = {"metadata": {"name": "near-tls", "namespace": "auth", "resourceVersion": "41"},
+              "type": "kubernetes.io/tls",
+              "data": {"tls.crt": base64.b64encode(pem(leaf).encode()).decode(),
+                       "tls.key": base64.b64encode(pem(key).encode()).decode()}}
+    client = _RacingClient(secret)
+    params = {"sources": [{"type": "tls_secret", "namespace": "auth", "name": "near-tls"}],
+              "issuer": {"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)},
+              "remaining_days": 30, "validity_days": 90, "key_type": "ecdsa-p256"}
+    result = _certs.Renewer(params, client, check_mode=False).run()
+    assert client.written == ["41"]  # written with the resourceVersion it was read with
+    assert "changed since it was read (resourceVersion 41)" in result["_fail_msg"]
+    row = result["certificates"][0]
+    assert row["renewed"] is False and row["new"] is None and "renewal failed" in row["msg"]
+    assert result["changed"] is False and result["status"] == "critical"
