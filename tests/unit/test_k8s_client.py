@@ -251,7 +251,7 @@ def test_conditional_patch_and_modify_retry_on_conflict(api):
     client = client_for(api)
     api.script[path] = [(200, {"metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7"}})]
     client.patch("v1", "configmaps", "cm", {"data": {"a": "1"}}, "ns", resource_version="7")
-    method, _, headers, body = api.seen[-1]
+    method, headers, body = api.seen[-1][0], api.seen[-1][2], api.seen[-1][3]
     assert method == "PATCH" and headers["Content-Type"] == "application/merge-patch+json"
     assert body == {"data": {"a": "1"}, "metadata": {"resourceVersion": "7"}}
     client.patch("v1", "configmaps", "cm", [{"op": "add", "path": "/data/b", "value": "2"}], "ns",
