@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import typing as t
 
 import jwt
 import pytest
@@ -11,7 +12,8 @@ from joserfc.jwk import KeySet as JoseKeySet
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._jwks import (
-    ALGORITHMS, Key, KeySet, Policy, export_active, generate_jwk, plan, private_pem, public_jwk, thumbprint,
+    ALGORITHMS, Key, KeySet, Policy, _rollout_done, export_active, generate_jwk, plan, private_pem, public_jwk,
+    thumbprint,
 )
 
 T0 = datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
@@ -238,3 +240,40 @@ def test_two_active_keys_written_by_hand_are_repaired():
 def test_negative_durations_are_refused():
     with pytest.raises(RunbookError, match="grace_period must not be negative"):
         Policy("ES256", grace_period=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollout status (what kubectl rollout status checks)
+
+
+def deployment_obj(generation: int = 2, observed: int = 2, replicas: int = 2, updated: int = 2, total: int = 2,
+                   available: int = 2, conditions: t.Optional[list] = None) -> dict:
+    return {"metadata": {"name": "api", "namespace": "auth", "generation": generation},
+            "spec": {"replicas": replicas},
+            "status": {"observedGeneration": observed, "updatedReplicas": updated, "replicas": total,
+                       "availableReplicas": available, "conditions": conditions or []}}
+
+
+def test_deployment_rollout_status():
+    assert _rollout_done("Deployment", deployment_obj(), 2) == (True, "")
+    assert _rollout_done("Deployment", deployment_obj(observed=1), 2)[0] is False
+    assert _rollout_done("Deployment", deployment_obj(updated=1), 2) == (False, "1 of 2 new replicas updated")
+    assert _rollout_done("Deployment", deployment_obj(total=3), 2) == (False, "1 old replicas pending termination")
+    assert _rollout_done("Deployment", deployment_obj(available=1), 2) == (False, "1 of 2 updated replicas available")
+    stuck = deployment_obj(updated=1, conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded",
+                                                   "message": "ReplicaSet api-2 has timed out progressing."}])
+    with pytest.raises(RunbookError, match="rollout of Deployment/auth/api failed: ReplicaSet api-2 has timed out"):
+        _rollout_done("Deployment", stuck, 2)
+
+
+def test_statefulset_and_daemonset_rollout_status():
+    sts = {"spec": {"replicas": 2}, "status": {"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1,
+                                               "currentRevision": "a", "updateRevision": "b"}}
+    assert _rollout_done("StatefulSet", sts, 3) == (False, "1 of 2 replicas updated")
+    sts["status"]["currentRevision"] = "b"
+    assert _rollout_done("StatefulSet", sts, 3) == (True, "")
+    ds = {"spec": {}, "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3,
+                                 "numberAvailable": 2}}
+    assert _rollout_done("DaemonSet", ds, 1) == (False, "2 of 3 updated pods available")
+    ds["status"]["numberAvailable"] = 3
+    assert _rollout_done("DaemonSet", ds, 1) == (True, "")
