@@ -26,7 +26,7 @@ import re
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, isoformat, utcnow
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, object_ref
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, K8sNotFound, object_ref
 
 PREFIX = "runbook.ops/"
 QUARANTINE_LABEL = PREFIX + "quarantine"
@@ -324,22 +324,10 @@ class Isolator:
                 selector = spec.get("selector")
                 if not selector or (meta.get("annotations") or {}).get(SUSPENDED_ANNOTATION):
                     continue
-                if any(all(labels.get(k) == v for k, v in selector.items()) for labels in pod_labels):
+                if pod_selector is None or any(all(labels.get(k) == v for k, v in selector.items())
+                                               for labels in pod_labels):
                     record["services"][meta["name"]] = {"selector": selector, "object": stripped(svc)}
                     steps.append(("suspend", meta["name"], None))
-
-        for ref in scale_to_zero:
-            api_version, plural, kind, name = parse_workload(ref)
-            key = "%s/%s" % (kind, name)
-            workload = self.client.get(api_version, plural, name, self.namespace, missing_ok=True)
-            if workload is None:
-                raise RunbookError("scale_to_zero: %s does not exist" % object_ref(kind, name, self.namespace))
-            if (workload["metadata"].get("annotations") or {}).get(SCALED_ANNOTATION):
-                continue
-            if key not in record["workloads"]:
-                record["workloads"][key] = {"replicas": (workload.get("spec") or {}).get("replicas", 1),
-                                            "object": stripped(workload)}
-            steps.append(("scale", key, None))
 
         if label_pods:
             for pod in pods:
@@ -358,6 +346,19 @@ class Isolator:
             raise RunbookError("label_pods=false with a pod_selector of several labels: other policies can only be "
                                "narrowed to skip the quarantined Pods through the %s label; set label_pods=true or "
                                "select the Pods by one label" % QUARANTINE_LABEL)
+        for ref in scale_to_zero:
+            api_version, plural, kind, name = parse_workload(ref)
+            key = "%s/%s" % (kind, name)
+            workload = self.client.get(api_version, plural, name, self.namespace, missing_ok=True)
+            if workload is None:
+                raise RunbookError("scale_to_zero: %s does not exist" % object_ref(kind, name, self.namespace))
+            if (workload["metadata"].get("annotations") or {}).get(SCALED_ANNOTATION):
+                continue
+            if key not in record["workloads"]:
+                record["workloads"][key] = {"replicas": (workload.get("spec") or {}).get("replicas", 1),
+                                            "object": stripped(workload)}
+            steps.append(("scale", key, None))
+
         if pod_selector and len(pod_selector) > 1:
             self.warnings.append("pod_selector has several labels: the narrowed policies skip Pods through the %s "
                                  "label, so Pods created later are covered once the isolation runs again"
@@ -435,7 +436,10 @@ class Isolator:
             self.changes.append("label %s %s=%s" % (ref, QUARANTINE_LABEL, inc))
             if self.check_mode:
                 return
-            self.client.patch("v1", "pods", name, {"metadata": {"labels": {QUARANTINE_LABEL: inc}}}, ns)
+            try:
+                self.client.patch("v1", "pods", name, {"metadata": {"labels": {QUARANTINE_LABEL: inc}}}, ns)
+            except K8sNotFound:
+                self.warnings.append("%s was deleted before it could be labelled" % ref)
         else:  # pragma: no cover
             raise RunbookError("unknown isolation step %r" % what)
 
@@ -588,7 +592,7 @@ def isolate(client: K8sClient, namespace: str, incident_id: str, pod_selector: t
             for step in steps:
                 iso.apply_step(step, record)
                 applied.append(step)
-        except K8sError as exc:
+        except RunbookError as exc:  # K8sError included
             _roll_back(iso, record, existing, applied, step, exc)
         record["state"] = "isolated"
         iso.write_record(record, create=False)
@@ -600,7 +604,7 @@ def isolate(client: K8sClient, namespace: str, incident_id: str, pod_selector: t
 
 
 def _roll_back(iso: Isolator, record: dict, existing: t.Optional[dict], applied: t.List[t.Tuple[str, str, t.Any]],
-               failed: t.Tuple[str, str, t.Any], exc: K8sError) -> None:
+               failed: t.Tuple[str, str, t.Any], exc: RunbookError) -> None:
     what = "%s %s" % (failed[0].replace("_", " "), failed[1])
     iso.changes = []
     problems = iso.restore(record, only=applied + [failed])
