@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
+import ssl
+import threading
 import typing as t
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
 
 from tests.harness.collection import run_module
-from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, deployment, service, wait_for
+from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for
+from tests.harness.process import free_port
 
 from ansible_collections.runbook.ops.plugins.module_utils._isolation import (
     QUARANTINE_LABEL, record_name, selector_matches)
@@ -317,3 +327,138 @@ def test_invalid_incident_id_fails_clearly(kube_cluster, kube_namespace):
     assert result.get("failed") and "incident_id 'INC_1' is not valid" in result["msg"], result
     missing = isolate(kube_cluster, "no-such-namespace", incident_id="inc-1")
     assert missing.get("failed") and "no-such-namespace" in missing["msg"] and "does not exist" in missing["msg"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Logs served by a stand-in kubelet: the API server proxies pods/log to the node's address and
+# kubelet port, so an HTTPS server on loopback registered as a Node's kubelet endpoint answers.
+
+
+class FakeKubelet:
+    """Answers ``/containerLogs/<ns>/<pod>/<container>`` with a known text; ``refuse`` lists
+    ``(pod, container, previous)`` answered 404 as a kubelet does for a missing previous container."""
+
+    def __init__(self, workdir: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-kubelet")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        (workdir / "kubelet.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (workdir / "kubelet.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        self.requests: t.List[str] = []
+        self.refuse: t.Set[t.Tuple[str, str, bool]] = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.requests.append(self.path)
+                url = urllib.parse.urlsplit(self.path)
+                _, _, ns, pod, container = url.path.split("/")
+                previous = urllib.parse.parse_qs(url.query).get("previous") == ["true"]
+                if (pod, container, previous) in outer.refuse:
+                    body = b"previous terminated container \"%s\" in pod \"%s\" not found" % (
+                        container.encode(), pod.encode())
+                    self.send_response(404)
+                else:
+                    body = outer.text(ns, pod, container, previous).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(workdir / "kubelet.crt"), str(workdir / "kubelet.key"))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def text(ns: str, pod: str, container: str, previous: bool) -> str:
+        return "".join("2026-11-24T03:00:%02d.000000000Z %s/%s/%s%s line %d\n" % (
+            i, ns, pod, container, " (previous)" if previous else "", i) for i in range(20))
+
+    def register_node(self, admin, name: str) -> None:
+        admin.create("v1", "nodes", {"metadata": {"name": name, "labels": {"runbook.test/fake": "true"}}})
+        status = {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                  "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
+                  "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready"}]}
+        admin.modify("v1", "nodes", name, lambda obj: dict(obj, status=status), subresource="status")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_kubelet(tmp_path, kube_admin) -> t.Iterator[t.Tuple[FakeKubelet, str]]:
+    served = FakeKubelet(tmp_path)
+    node = "log-node-" + uuid.uuid4().hex[:8]
+    served.register_node(kube_admin, node)
+    try:
+        yield served, node
+    finally:
+        served.stop()
+        kube_admin.delete("v1", "nodes", node, missing_ok=True)
+
+
+def test_evidence_stores_served_logs_and_records_each_log_that_failed(kube_cluster, kube_admin, kubelet,
+                                                                      kube_namespace, fake_kubelet, tmp_path, age_key):
+    ns = kube_namespace
+    served, node = fake_kubelet
+    on_served = Kubelet(kube_admin, node=node)
+    on_served.create_pod(ns, "api", {"app": "api"}, containers=("app", "sidecar"))
+    on_served.set_status(ns, "api", "Running", True, restarts=2, last_terminated=("Error", 1))
+    served.refuse.add(("api", "app", True))           # the kubelet has no previous "app" container
+    kubelet.create_pod(ns, "lost", {"app": "api"})     # on the node whose kubelet nobody answers for
+    kubelet.running(ns, "lost")
+    kubelet.create_pod(ns, "unscheduled", {"app": "api"})  # never bound: no logs exist
+    repo_options = {"repository": "file://%s" % (tmp_path / "repo")}
+
+    result = isolate(kube_cluster, ns, incident_id="inc-0007", pod_selector={"app": "api"},
+                     evidence=dict(repo_options, log_tail_lines=50, since="2h",
+                                   encryption_recipients=[age_key.recipient]))
+    assert not result.get("failed"), result
+    ev = result["evidence"]
+    assert ev["logs_captured"] == 3 and ev["logs_failed"] == 2, ev
+
+    # The options reached the kubelet.
+    assert served.requests and all("tailLines=50" in r and "sinceSeconds=7200" in r for r in served.requests)
+
+    import pyrage
+
+    repo = Repository.from_options(repo_options)
+    manifest = repo.get("evidence", "inc-0007", ev["backup_id"])
+    assert manifest["encryption"]["algorithm"] == "age"
+    objects = {o["name"]: o for o in manifest["objects"]}
+    logs = {(e["pod"], e["container"], e["previous"]): e for e in manifest["evidence"]["logs"]}
+    assert {k: v["status"] for k, v in logs.items()} == {
+        ("api", "app", False): "captured", ("api", "app", True): "failed",
+        ("api", "sidecar", False): "captured", ("api", "sidecar", True): "captured",
+        ("lost", "app", False): "failed", ("unscheduled", "app", False): "none"}
+    assert "not found" in logs[("api", "app", True)]["error"]
+    assert "10250" in logs[("lost", "app", False)]["error"]
+    files = {f["name"]: f for f in manifest["evidence"]["files"]}
+    for pod, container, previous in (("api", "app", False), ("api", "sidecar", False), ("api", "sidecar", True)):
+        name = "logs__%s__%s%s.log" % (pod, container, "__previous" if previous else "")
+        out = io.BytesIO()
+        repo.read_object(manifest, objects[name], out, [pyrage.x25519.Identity.from_str(age_key.identity)])
+        assert out.getvalue().decode() == FakeKubelet.text(ns, pod, container, previous)
+        assert hashlib.sha256(out.getvalue()).hexdigest() == files[name]["sha256"]
+    assert "logs__api__app__previous.log" not in objects
+    assert not [n for n in objects if n.startswith("logs__lost") or n.startswith("logs__unscheduled")]
+
+    assert isolate(kube_cluster, ns, incident_id="inc-0007", state="released")["changed"] is True
