@@ -288,7 +288,8 @@ class Issuer:
         end = moment + datetime.timedelta(days=validity_days)
         notes: t.List[str] = []
         if self.kind == "ca":
-            assert self.ca_cert is not None
+            if not (self.ca_cert is not None):
+                raise AssertionError('expected self.ca_cert is not None')
             if end > not_after(self.ca_cert):
                 end = not_after(self.ca_cert)
                 notes.append("validity cut to the CA's expiry %s" % isoformat(end))
@@ -570,7 +571,8 @@ class Renewer:
     # -- Secrets --------------------------------------------------------------------------------
 
     def _source_tls_secret(self, src: dict) -> None:
-        assert self.client is not None
+        if not (self.client is not None):
+            raise AssertionError('expected self.client is not None')
         ns = src["namespace"]
         if src.get("name"):
             obj = object_ref("Secret", src["name"], ns)
@@ -593,7 +595,8 @@ class Renewer:
                     "no %s Secret in namespace %s matches %s" % (SECRET_TLS, ns, src["label_selector"]),
                     {"label_selector": src["label_selector"]}))
         for secret in secrets:
-            assert secret is not None
+            if not (secret is not None):
+                raise AssertionError('expected secret is not None')
             self._secret(secret)
 
     def _secret(self, secret: dict) -> None:
@@ -658,7 +661,8 @@ class Renewer:
 
     def _issue(self, entry: Entry, leaf: "x509.Certificate", old_key_pem: t.Optional[bytes],
                what: str) -> t.Tuple["x509.Certificate", t.Any, bytes]:
-        assert self.issuer is not None
+        if not (self.issuer is not None):
+            raise AssertionError('expected self.issuer is not None')
         if self.params.get("reuse_key"):
             if not old_key_pem:
                 raise RunbookError("renew %s: reuse_key is set but there is no existing private key (%s)"
@@ -777,7 +781,8 @@ class Renewer:
     # -- cert-manager ---------------------------------------------------------------------------
 
     def _source_certificate(self, src: dict) -> None:
-        assert self.client is not None
+        if not (self.client is not None):
+            raise AssertionError('expected self.client is not None')
         ns = src.get("namespace")
         if src.get("name"):
             obj = object_ref("Certificate", src["name"], ns)
@@ -794,7 +799,8 @@ class Renewer:
                                  "unknown" if isinstance(exc, K8sForbidden) else "warning")
                 return
         for cert in certs:
-            assert cert is not None
+            if not (cert is not None):
+                raise AssertionError('expected cert is not None')
             self._certificate(cert)
 
     def _certificate(self, cert: dict) -> None:
@@ -874,7 +880,8 @@ class Renewer:
     def _trigger(self, obj: str, name: str, ns: str) -> bool:
         """Set Issuing=True/ManuallyTriggered through the status subresource, with the read
         resourceVersion (a concurrent change is read again and judged again)."""
-        assert self.client is not None
+        if not (self.client is not None):
+            raise AssertionError('expected self.client is not None')
         stamp = isoformat(utcnow())
 
         def mutate(current: dict) -> t.Optional[dict]:
@@ -894,7 +901,8 @@ class Renewer:
 
         if self.check_mode:
             current = self.client.get(CM_API, "certificates", name, ns)
-            assert current is not None
+            if not (current is not None):
+                raise AssertionError('expected current is not None')
             return mutate(current) is not None
         changed, _before, _after = self.client.modify(CM_API, "certificates", name, mutate, ns, subresource="status")
         return changed
@@ -902,7 +910,8 @@ class Renewer:
     def _wait_for_issuing(self) -> None:
         if not self.pending_waits:
             return
-        assert self.client is not None
+        if not (self.client is not None):
+            raise AssertionError('expected self.client is not None')
         deadline = time.monotonic() + float(self.params.get("wait_timeout") or 300)
         pending = list(self.pending_waits)
         while pending:

@@ -466,7 +466,8 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
     elif policy.force:
         promote(nxt or new_key(), "forced rotation")
     else:
-        assert active.activated is not None
+        if not (active.activated is not None):
+            raise AssertionError('expected active.activated is not None')
         due_at = active.activated + datetime.timedelta(seconds=policy.rotate_after)
         mismatch = not active.matches(policy.algorithm, policy.key_size)
         due = mismatch or now >= due_at
@@ -489,7 +490,8 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
                     result.events.append("rotation due; next key %s activates at %s"
                                          % (nxt.kid, isoformat(nxt.created + prepublish)))
     active = keys.active
-    assert active is not None and active.activated is not None
+    if not (active is not None and active.activated is not None):
+        raise AssertionError('expected active is not None and active.activated is not None')
     result.next_rotation = active.activated + datetime.timedelta(seconds=policy.rotate_after)
     nxt = keys.next
     if nxt is not None:
@@ -781,7 +783,8 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
             time.sleep(0.05 * attempt)
         except K8sError as exc:
             raise _forbidden_hint(exc, "get, create and update on secrets in namespace %s" % ns)
-    assert result_plan is not None
+    if not (result_plan is not None):
+        raise AssertionError('expected result_plan is not None')
     keyset = result_plan.after
     changed = result_plan.changed
 
@@ -800,7 +803,8 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
     active_result = None
     if active_target is not None:
         active_key = keyset.active
-        assert active_key is not None
+        if not (active_key is not None):
+            raise AssertionError('expected active_key is not None')
         if fmt == "raw" and not active_key.is_hmac or fmt == "pem" and active_key.is_hmac:
             raise RunbookError("active_key_secret: format %s does not fit the active key %s (%s)" % (fmt, active_key.kid, active_key.alg))
         try:
@@ -829,7 +833,8 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
             failure = wait_rollouts(client, started, float(params.get("wait_timeout") or 300))
 
     active_key = keyset.active
-    assert active_key is not None
+    if not (active_key is not None):
+        raise AssertionError('expected active_key is not None')
     if result_plan.pending:
         warnings.append("rotation is due but the next key %s was published less than prepublish ago; it is activated "
                         "by a run after %s" % (keyset.next.kid if keyset.next else "?",

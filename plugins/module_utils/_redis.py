@@ -219,7 +219,7 @@ class RedisConnection:
             count = int(rest)
             if count < 0:
                 return None
-            return [self.read_reply() for _ in range(count)]
+            return [self.read_reply() for _index in range(count)]
         raise RunbookError("Redis at %s sent an unexpected reply %r" % (self.where, line[:40]))
 
     def call(self, *args: t.Any) -> t.Any:
@@ -233,7 +233,7 @@ class RedisConnection:
         if not commands:
             return []
         self.send(b"".join(self.encode(c) for c in commands))
-        return [self.read_reply() for _ in commands]
+        return [self.read_reply() for _command in commands]
 
     # ---- helpers
     def info(self, section: str = "") -> dict:
@@ -287,7 +287,7 @@ def _crc64_table() -> t.List[int]:
     table = []
     for byte in range(256):
         crc = byte
-        for _ in range(8):
+        for _attempt in range(8):
             crc = (crc >> 1) ^ _CRC64_POLY if crc & 1 else crc >> 1
         table.append(crc)
     return table

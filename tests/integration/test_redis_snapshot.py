@@ -78,7 +78,7 @@ def age_keypair() -> t.Tuple[str, str]:
 
 
 def test_replication_backup_verify_and_keys_restore(redis_plain: RedisServer, repository: dict,
-                                                   service_factory: t.Any) -> None:
+                                                    service_factory: t.Any) -> None:
     populate(redis_plain)
     expected = snapshot_of(redis_plain)
     recipient, identity = age_keypair()
