@@ -131,11 +131,40 @@ def s3_prefix_bytes(s3: MotoS3Server, bucket: str, prefix: str) -> int:
 def find_community(explicit: t.Optional[str]) -> t.Optional[Path]:
     roots = [explicit] if explicit else []
     roots += (os.environ.get("ANSIBLE_COLLECTIONS_PATH") or "").split(os.pathsep)
-    roots += [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections"]
+    roots += [str(Path.home() / ".ansible" / "collections"), "/usr/share/ansible/collections", str(COMMUNITY_CACHE)]
     for root in filter(None, roots):
         if (Path(root) / "ansible_collections" / "community" / "postgresql" / "plugins" / "modules" / "postgresql_db.py").exists():
             return Path(root)
     return None
+
+
+COMMUNITY_CACHE = Path(os.environ.get("RUNBOOK_CACHE") or Path.home() / ".cache" / "runbook-ops") / "community-collections"
+
+
+def install_community() -> t.Optional[Path]:
+    """community.postgresql into a cache outside the repository: from Galaxy, or else from the
+    ``ansible`` package on PyPI (which bundles it). None when neither is reachable."""
+    COMMUNITY_CACHE.mkdir(parents=True, exist_ok=True)
+    galaxy = Path(sys.executable).parent / "ansible-galaxy"
+    proc = subprocess.run([str(galaxy), "collection", "install", "community.postgresql", "-p", str(COMMUNITY_CACHE)],
+                          capture_output=True, text=True, check=False, timeout=300)
+    if proc.returncode == 0 and find_community(str(COMMUNITY_CACHE)):
+        return COMMUNITY_CACHE
+    print("ansible-galaxy could not install community.postgresql (%s); trying the ansible package from PyPI"
+          % (proc.stderr.strip().splitlines() or ["no output"])[-1], flush=True)
+    with tempfile.TemporaryDirectory() as download:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", download, "ansible"],
+                              capture_output=True, text=True, check=False, timeout=600)
+        wheels = list(Path(download).glob("ansible-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            print("pip download ansible failed: %s" % proc.stderr.strip()[-300:], flush=True)
+            return None
+        import zipfile
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            for name in wheel.namelist():
+                if name.startswith("ansible_collections/community/postgresql/"):
+                    wheel.extract(name, str(COMMUNITY_CACHE))
+    return find_community(str(COMMUNITY_CACHE))
 
 
 def bench_database(name: str, pg: PostgresServer, s3: MotoS3Server, bucket: str, work: Path,
@@ -259,7 +288,7 @@ def main() -> None:
     import pyrage
     identity = pyrage.x25519.Identity.generate()
     keys = {"identity": str(identity), "recipient": str(identity.to_public())}
-    community = find_community(opts.community_collections)
+    community = find_community(opts.community_collections) or install_community()
 
     root = Path(opts.workdir or tempfile.mkdtemp(prefix="bench-pg-"))
     root.mkdir(parents=True, exist_ok=True)

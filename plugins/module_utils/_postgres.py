@@ -26,11 +26,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
-    CHUNK, NullSink, StreamError, SubprocessSink, SubprocessSource, decode_stream)
+    NullSink, StreamError, SubprocessSink, SubprocessSource, decode_stream)
 
 KIND = "postgresql"
 CUSTOM_OBJECT = "database.dump"
@@ -367,7 +368,7 @@ def compare_counts(expected: t.Dict[str, int], actual: t.Dict[str, int], where: 
 
 # --------------------------------------------------------------------------- server-side helpers
 
-def database_exists(conn: Conn, cur: t.Any, name: str) -> bool:
+def database_exists(cur: t.Any, name: str) -> bool:
     cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
     return cur.fetchone() is not None
 
@@ -634,6 +635,11 @@ class PgBackup:
             cur = connection.cursor()
             facts = database_facts(cur)
             pg_dump, dump_version = find_binary("pg_dump", facts["server_major"], self.conn.where)
+            # The snapshot is exported before the tables are listed: the list, the counts and the
+            # dump all see the same database.
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
             with_data, schema_only = select_tables(list_tables(cur), self.filters)
             if self.check_mode:
                 result = backup_result(None, watch.elapsed)
@@ -643,9 +649,6 @@ class PgBackup:
                 result["diff"] = {"before": {"latest_backup": _latest_id(self.repo, self.set)},
                                   "after": {"latest_backup": "(new backup of %s)" % self.db}}
                 return result
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            cur.execute("SELECT pg_export_snapshot()")
-            snapshot = cur.fetchone()[0]
             with ClientEnv(self.conn) as client:
                 env = client.env(self.db)
                 with self.repo.new_backup(KIND, self.set, self.params.get("labels")) as writer:
@@ -841,7 +844,7 @@ class PgBackup:
         try:
             cur = connection.cursor()
             pg_restore = self._pg_restore(manifest, server["server_major"])
-            exists = database_exists(self.conn, cur, target)
+            exists = database_exists(cur, target)
             previous = None
             if mode == "new" and exists:
                 raise RunbookError('restore mode=new: database "%s" already exists on %s; choose another '
@@ -850,7 +853,7 @@ class PgBackup:
                 raise RunbookError('restore mode=clean: database "%s" does not exist on %s' % (target, self.conn.where))
             if mode == "swap" and exists:
                 previous = previous_name(target, manifest["id"])
-                if database_exists(self.conn, cur, previous):
+                if database_exists(cur, previous):
                     raise RunbookError('restore mode=swap: database "%s" (kept by an earlier swap of this backup) '
                                        "already exists on %s; drop or rename it first" % (previous, self.conn.where))
                 self._check_sessions(cur, target)
@@ -964,7 +967,7 @@ class PgBackup:
                         raise RunbookError('restore mode=swap: cannot rename database "%s" on %s: open session(s): '
                                            "%s" % (target, self.conn.where, describe_sessions(sessions)),
                                            sessions=sessions)
-                    threading.Event().wait(0.2)
+                    time.sleep(0.2)
         except BaseException:
             if terminate:
                 cur.execute("ALTER DATABASE %s ALLOW_CONNECTIONS true" % quote_ident(target))
@@ -1007,4 +1010,4 @@ def _mib_s(raw: int, seconds: float) -> float:
     return round(raw / 1048576.0 / seconds, 1) if seconds > 0 else 0.0
 
 
-__all__ = ["PgBackup", "connection_argspec", "KIND", "CHUNK"]
+__all__ = ["PgBackup", "connection_argspec", "KIND"]
