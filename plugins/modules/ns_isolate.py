@@ -327,6 +327,10 @@ evidence:
       description: Why logs or objects could not be captured.
       type: list
       elements: str
+api_requests:
+  description: Number of Kubernetes API requests the task sent.
+  returned: always
+  type: int
 warnings:
   description: Warnings, always including that enforcement needs a CNI that implements NetworkPolicy.
   returned: always

@@ -102,8 +102,8 @@ def selecting_policies(admin, ns: str, pod: dict) -> t.List[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_isolate_and_release_namespace_restores_every_object(kube_cluster, kube_admin, kubelet, kube_namespace,
-                                                              repository):
+def test_isolate_and_release_namespace_restores_every_object(kube_cluster, kube_admin, kubelet,
+                                                             kube_namespace, repository):
     ns = kube_namespace
     setup_namespace(kube_admin, kubelet, ns)
     before = snapshot(kube_admin, ns)
@@ -361,7 +361,7 @@ class FakeKubelet:
             def do_GET(self) -> None:  # noqa: N802
                 outer.requests.append(self.path)
                 url = urllib.parse.urlsplit(self.path)
-                _, _, ns, pod, container = url.path.split("/")
+                ns, pod, container = url.path.split("/")[2:5]
                 previous = urllib.parse.parse_qs(url.query).get("previous") == ["true"]
                 if (pod, container, previous) in outer.refuse:
                     body = b"previous terminated container \"%s\" in pod \"%s\" not found" % (
