@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.collection import run_module
+from tests.harness.collection import run_module, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for
 from tests.harness.process import free_port
 
@@ -462,3 +462,36 @@ def test_evidence_stores_served_logs_and_records_each_log_that_failed(kube_clust
     assert not [n for n in objects if n.startswith("logs__lost") or n.startswith("logs__unscheduled")]
 
     assert isolate(kube_cluster, ns, incident_id="inc-0007", state="released")["changed"] is True
+
+
+def test_no_secret_in_playbook_output_at_vvvv(kube_cluster, kube_admin, kubelet, kube_namespace, s3_server, s3_bucket,
+                                              tmp_path):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    playbook = tmp_path / "isolate.yml"
+    playbook.write_text("""---
+- name: Isolate and release with secrets
+  hosts: localhost
+  gather_facts: false
+  module_defaults:
+    group/runbook.ops.k8s: "{{ auth }}"
+  tasks:
+    - name: Isolate
+      runbook.ops.ns_isolate:
+        namespace: "{{ ns }}"
+        incident_id: inc-0008
+        suspend_services: true
+        evidence: "{{ repo }}"
+    - name: Release
+      runbook.ops.ns_isolate:
+        namespace: "{{ ns }}"
+        incident_id: inc-0008
+        state: released
+""")
+    auth = kube_cluster.auth()
+    proc = run_playbook(playbook, extra_vars={"auth": auth, "ns": ns, "repo": s3_server.repository_options(s3_bucket)},
+                        verbosity=4)
+    assert "ok=2" in proc.stdout and "changed=2" in proc.stdout, proc.stdout[-3000:]
+    module_output = proc.stdout.split("PLAY [", 1)[1]
+    for secret in (auth["api_key"], s3_server.secret_key, SECRET_VALUE):
+        assert secret not in module_output, "secret leaked at -vvvv"
