@@ -222,9 +222,9 @@ def bench_database(name: str, pg: PostgresServer, s3: MotoS3Server, bucket: str,
             args["compression_level"] = level
         wall, peak, result = run_module_measured("ansible_collections.runbook.ops.plugins.modules.pg_backup",
                                                  args, work, menv)
+        counted = result["manifest"]["postgresql"]["row_counts"]
         results[label] = Measure(wall, peak, result["manifest"]["size"],
-                                 "%d tables, %d rows counted" % (len(result["manifest"]["postgresql"]["row_counts"]),
-                                                                sum(result["manifest"]["postgresql"]["row_counts"].values())))
+                                 "%d tables, %d rows counted" % (len(counted), sum(counted.values())))
         ids[label] = (args["set"], result["backup_id"])
 
     # Restores: pg_restore from the local file vs pg_backup from S3.
@@ -274,7 +274,7 @@ def _stop(signum: int, _frame: t.Any) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--rows", type=int, default=3000000)
     parser.add_argument("--pgbench-scale", type=int, default=50)
     parser.add_argument("--community-collections", help="a collections path holding community.postgresql")

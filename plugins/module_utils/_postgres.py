@@ -727,7 +727,7 @@ class PgBackup:
     def _pg_restore(self, manifest: dict, server_major: int) -> str:
         path, version = find_binary("pg_restore", server_major, self.conn.where)
         dumped = manifest.get("source", {}).get("pg_dump_version")
-        if dumped and version[0] < int(str(dumped).split(".")[0]):
+        if dumped and version[0] < int(str(dumped).split(".", maxsplit=1)[0]):
             raise RunbookError("pg_restore %d.%d (%s) cannot read backup %s, written by pg_dump %s; install a "
                                "newer PostgreSQL client" % (version[0], version[1], path, manifest["id"], dumped))
         return path

@@ -47,7 +47,7 @@ attributes:
       - V(verify) reads only; at O(level=restore) the scratch restore is skipped and the archive level is run.
   diff_mode:
     support: partial
-    details: V(backup) shows the latest backup id before and after; V(restore) the target database and the kept previous one.
+    description: V(backup) shows the latest backup id before and after; V(restore) the target database and the kept previous one.
 options:
   db:
     description: The database to back up, and the source whose set is restored or verified.
@@ -74,7 +74,9 @@ options:
     type: int
     default: 1
   spool_dir:
-    description: Where directory dumps and parallel restores are staged (a private 0700 directory is created inside and removed); empty means the system temporary directory.
+    description:
+      - Where directory dumps and parallel restores are staged (a private 0700 directory is created inside and removed).
+      - Empty means the system temporary directory.
     type: path
   schemas:
     description: Only these schemas (C(pg_dump --schema) patterns).
@@ -132,8 +134,8 @@ options:
     type: str
   verify_first:
     description:
-      - Before a restore touches any database, read the whole backup once: size and sha256 against the
-        manifest, decryption and decompression to the end.
+      - Before a restore touches any database, read the whole backup once, checking size and sha256 against
+        the manifest and decrypting and decompressing to the end.
     type: bool
     default: true
   terminate_connections:
