@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark pg_backup against the ways runbooks back up PostgreSQL today, in one run.
 
 Starts its own PostgreSQL (tests/harness/services.py) and S3 (moto), generates two databases:
