@@ -494,10 +494,16 @@ class Isolator:
                                 {"selector": selector})
         elif what == "neutralise":
             original_spec = record["policies"][name].get("spec") or {}
+            def drift(current: dict) -> t.Optional[str]:
+                now = dict(current.get("spec") or {}, podSelector=None)
+                if not same_spec(now, dict(original_spec, podSelector=None)):
+                    return ("%s was changed while isolated; it is restored as recorded before the isolation, "
+                            "which undoes that change" % object_ref("NetworkPolicy", name, ns))
+                return None
             self._restore_field(NP[0], NP[1], "NetworkPolicy", name, NEUTRALISED_ANNOTATION,
                                 lambda obj: obj.__setitem__("spec", copy.deepcopy(original_spec)),
                                 "restore %s as recorded", {"podSelector": "(neutralised)"},
-                                {"podSelector": original_spec.get("podSelector") or {}})
+                                {"podSelector": original_spec.get("podSelector") or {}}, drift)
         elif what == "create_deny":
             policy = self.client.get(*NP, name=name, namespace=ns, missing_ok=True)
             if policy is None or (policy["metadata"].get("labels") or {}).get(INCIDENT_LABEL) != inc:
@@ -510,7 +516,8 @@ class Isolator:
         # update_deny: the policy existed before this run (an isolation in effect) and stays.
 
     def _restore_field(self, api_version: str, plural: str, kind: str, name: str, annotation: str,
-                       put_back: t.Callable[[dict], t.Any], message: str, before: dict, after: dict) -> None:
+                       put_back: t.Callable[[dict], t.Any], message: str, before: dict, after: dict,
+                       drift: t.Optional[t.Callable[[dict], t.Optional[str]]] = None) -> None:
         ns, inc = self.namespace, self.incident_id
         current = self.client.get(api_version, plural, name, ns, missing_ok=True)
         ref = object_ref(kind, name, ns)
@@ -519,6 +526,9 @@ class Isolator:
             return
         if (current["metadata"].get("annotations") or {}).get(annotation) != inc:
             return
+        changed_meanwhile = drift(current) if drift else None
+        if changed_meanwhile:
+            self.warnings.append(changed_meanwhile)
         self._diff(ref, before, after)
         self.changes.append(message % ref)
         if self.check_mode:

@@ -216,8 +216,24 @@ def test_pod_selector_leaves_other_pods_policies_alone(kube_cluster, kube_admin,
     assert deny["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.40.0.0/24"}}]
     assert deny["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "forensics"}
 
+    # Idempotent while nothing changes; a Pod that appears later is labelled by the next run.
+    again = isolate(kube_cluster, ns, incident_id="inc-0002", pod_selector={"app": "web"}, allow_dns=True,
+                    allow_from_namespaces=["forensics"], allow_cidrs=["10.40.0.0/24"])
+    assert again["changed"] is False, again
+    kubelet.create_pod(ns, "late-web", {"app": "web"})
+    late = isolate(kube_cluster, ns, incident_id="inc-0002", pod_selector={"app": "web"}, allow_dns=True,
+                   allow_from_namespaces=["forensics"], allow_cidrs=["10.40.0.0/24"])
+    assert late["changed"] is True and late["changes"] == [
+        "label Pod/%s/late-web %s=inc-0002" % (ns, QUARANTINE_LABEL)], late
+    assert "late-web" in late["pods_labelled"]
+    different = isolate(kube_cluster, ns, incident_id="inc-0002", pod_selector={"app": "worker"})
+    assert different.get("failed") and "release it before" in different["msg"], different
+
     released = isolate(kube_cluster, ns, state="released")  # every incident recorded in the namespace
     assert not released.get("failed") and released["changed"], released
+    assert QUARANTINE_LABEL not in kube_admin.get("v1", "pods", "late-web", ns)["metadata"]["labels"]
+    kube_admin.delete("v1", "pods", "late-web", ns)  # never scheduled: deleted at once
+    wait_for(lambda: kube_admin.get("v1", "pods", "late-web", ns, missing_ok=True) is None, what="late-web gone")
     assert snapshot(kube_admin, ns) == before
 
 
@@ -242,7 +258,14 @@ def test_check_mode_changes_nothing(kube_cluster, kube_admin, kubelet, kube_name
     dry = isolate(kube_cluster, ns, check_mode=True, incident_id="inc-0003", state="released")
     assert dry["changed"] is True and not dry.get("failed"), dry
     assert snapshot(kube_admin, ns) == isolated
-    assert isolate(kube_cluster, ns, incident_id="inc-0003", state="released")["changed"] is True
+    # Someone edits a neutralised policy meanwhile: release restores the recorded original and says so.
+    def edit(policy: dict) -> dict:
+        policy["spec"]["ingress"][0]["ports"][0]["port"] = 9090
+        return policy
+    kube_admin.modify("networking.k8s.io/v1", "networkpolicies", "allow-web-ingress", edit, ns)
+    released = isolate(kube_cluster, ns, incident_id="inc-0003", state="released")
+    assert released["changed"] is True and not released.get("failed"), released
+    assert any("allow-web-ingress was changed while isolated" in str(w) for w in released["warnings"]), released
     assert snapshot(kube_admin, ns) == before
 
 
