@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.collection import run_module, run_playbook
+from tests.harness.process import ServiceError
 from tests.harness.services import MotoS3Server, PostgresServer
 from tests.integration.test_pg_backup_support import create_source, databases, fingerprint
 
@@ -101,7 +102,15 @@ def test_server_killed_mid_dump(service_factory, tmp_path):
     assert [m.parent.name for m in manifests] == [first["backup_id"]]  # nothing committed, nothing pruned
     assert not [p for p in repo_dir.rglob("*") if p.is_file() and p.parent.name != first["backup_id"]]
 
-    pg.start()
+    # Backends of the killed postmaster may hold its shared memory for a moment: retry the start.
+    for attempt in range(20):
+        try:
+            pg.start()
+            break
+        except ServiceError:
+            if attempt == 19:
+                raise
+            time.sleep(1)
     verified = run_module("pg_backup", _args(pg, repository, "big", state="verify", level="archive"))
     assert not verified.get("failed"), verified
     assert verified["backup_id"] == first["backup_id"]
