@@ -494,6 +494,7 @@ class Isolator:
                                 {"selector": selector})
         elif what == "neutralise":
             original_spec = record["policies"][name].get("spec") or {}
+
             def drift(current: dict) -> t.Optional[str]:
                 now = dict(current.get("spec") or {}, podSelector=None)
                 if not same_spec(now, dict(original_spec, podSelector=None)):

@@ -258,6 +258,7 @@ def test_check_mode_changes_nothing(kube_cluster, kube_admin, kubelet, kube_name
     dry = isolate(kube_cluster, ns, check_mode=True, incident_id="inc-0003", state="released")
     assert dry["changed"] is True and not dry.get("failed"), dry
     assert snapshot(kube_admin, ns) == isolated
+
     # Someone edits a neutralised policy meanwhile: release restores the recorded original and says so.
     def edit(policy: dict) -> dict:
         policy["spec"]["ingress"][0]["ports"][0]["port"] = 9090
