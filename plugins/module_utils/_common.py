@@ -99,6 +99,9 @@ def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())
     else:
+        # Actions return their warnings with the result; Ansible wants them through warn().
+        for warning in result.pop("warnings", None) or []:
+            module.warn(warning)
         failed_msg = result.pop("_fail_msg", None)
         if failed_msg:
             result.pop("msg", None)  # the failure message replaces the action's own summary

@@ -741,6 +741,19 @@ def seed_lab(client: _k8s.K8sClient, now: t.Optional[datetime.datetime] = None, 
                       missing_ok=True) is None:
             create_certificate(client, body)
     made["problems"].append("Certificate/auth/token-issuer-tls expires in 5 days")
+    # Allowing policies, as a real platform has: isolation must take them out of play.
+    for name, body in (
+            ("allow-policy-to-token-issuer", {
+                "podSelector": {"matchLabels": {"app": "token-issuer"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "policy"}}}],
+                             "ports": [{"protocol": "TCP", "port": 8080}]}]}),
+            ("allow-auth-egress-postgres", {
+                "podSelector": {}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                            "ports": [{"protocol": "TCP", "port": 5432}]}]})):
+        if client.get("networking.k8s.io/v1", "networkpolicies", name, "auth", missing_ok=True) is None:
+            client.create("networking.k8s.io/v1", "networkpolicies",
+                          {"metadata": {"name": name, "namespace": "auth"}, "spec": body})
     # Wait until the controllers have caught up (Deployment status, endpoint slices).
     for ns, apps in layout.items():
         for app, replicas in apps:
