@@ -75,6 +75,9 @@ class FaultProxy:
             for conn in self._conns:
                 with contextlib.suppress(OSError):
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    # shutdown() wakes the forwarding thread blocked in recv(); close() alone would not.
+                    conn.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     conn.close()
             self._conns.clear()
 
