@@ -26,7 +26,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import typing as t
 
@@ -35,7 +34,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
 from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
-    CHUNK, NullSink, StreamError, decode_stream, load_identities)
+    CHUNK, NullSink, StreamError, SubprocessSink, decode_stream, load_identities)
 
 KIND = "redis"
 OBJECT_NAME = "dump.rdb"
@@ -1006,9 +1005,10 @@ def check_rdb_stream(repo: Repository, manifest: dict, entry: dict, identities: 
     python_crc = checker is None or size <= PYTHON_CRC_LIMIT
     inspector = RDBInspector(entry["name"], crc=python_crc)
     facts: dict = {"crc_checked_by": []}
-    sink: t.Optional[CheckerSink] = None
+    sink: t.Optional[SubprocessSink] = None
     if checker:
-        sink = CheckerSink([checker, "/dev/stdin"])
+        # redis-check-rdb reports on stdout.
+        sink = SubprocessSink([checker, "/dev/stdin"], name="redis-check-rdb", capture_stdout=True)
     try:
         repo.read_object(manifest, entry, Tee(inspector, sink) if sink else inspector, identities)
         if sink is not None:
@@ -1052,59 +1052,6 @@ def _check_rdb_message(exc: StreamError) -> str:
         if lines:
             return "redis-check-rdb found the RDB corrupt: %s" % " ".join(lines[:4])
     return text
-
-
-class CheckerSink:
-    """``redis-check-rdb /dev/stdin`` fed with the decoded stream; it reports on stdout."""
-
-    name = "redis-check-rdb"
-
-    def __init__(self, argv: t.List[str]) -> None:
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # pylint: disable=consider-using-with
-                                         stderr=subprocess.STDOUT)
-        except OSError as exc:
-            raise StreamError(self.name, "cannot start %s: %s" % (argv[0], exc.strerror or exc))
-        self._output = b""
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        for line in iter(self.proc.stdout.readline, b""):
-            self._output = (self._output + line)[-65536:]
-
-    @property
-    def output(self) -> str:
-        return self._output.decode("utf-8", "replace")
-
-    def write(self, data: t.Any) -> int:
-        try:
-            self.proc.stdin.write(data)
-        except BrokenPipeError:
-            self.proc.wait()
-            self._thread.join(5)
-            raise StreamError(self.name, "%s stopped reading (exit status %s): %s"
-                              % (self.name, self.proc.returncode, self.output[-2000:]))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def finish(self) -> str:
-        try:
-            self.proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        rc = self.proc.wait()
-        self._thread.join(5)
-        if rc != 0:
-            raise StreamError(self.name, "%s exited with status %s: %s" % (self.name, rc, self.output[-2000:]))
-        return self.output
-
-    def abort(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 # --------------------------------------------------------------------------- restore

@@ -335,22 +335,34 @@ class SubprocessSource:
 
 
 class SubprocessSink:
-    """A subprocess that consumes the restored stream on stdin (``pg_restore``, ``redis-check-rdb``...)."""
+    """A subprocess that consumes the restored stream on stdin (``pg_restore``, ``redis-check-rdb``...).
 
-    def __init__(self, argv: t.Sequence[str], env: t.Optional[dict] = None, name: t.Optional[str] = None) -> None:
+    What it says (stderr, and stdout too with ``capture_stdout``, for tools that report there)
+    is kept, the last 64 KiB of it, for error messages and for ``finish()`` to return.
+    """
+
+    def __init__(self, argv: t.Sequence[str], env: t.Optional[dict] = None, name: t.Optional[str] = None,
+                 capture_stdout: bool = False) -> None:
         self.argv = list(argv)
         self.name = name or os.path.basename(self.argv[0])
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, env=env)
+            self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if capture_stdout else subprocess.PIPE, env=env)
         except OSError as exc:
             raise StreamError(self.name, "cannot start %s: %s" % (self.argv[0], exc.strerror or exc))
-        self._stderr = b""
-        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._said = b""
+        self._thread = threading.Thread(target=self._drain, args=(self.proc.stdout if capture_stdout else self.proc.stderr,),
+                                        daemon=True)
         self._thread.start()
 
-    def _drain(self) -> None:
-        self._stderr = self.proc.stderr.read()[-65536:]
+    def _drain(self, stream: t.Any) -> None:
+        for line in iter(stream.readline, b""):
+            self._said = (self._said + line)[-65536:]
+
+    @property
+    def output(self) -> str:
+        return self._said.decode("utf-8", "replace").strip()
 
     def write(self, data: bytes) -> int:
         try:
@@ -359,23 +371,23 @@ class SubprocessSink:
             self.proc.wait()
             self._thread.join(5)
             raise StreamError(self.name, "%s stopped reading (exit status %s): %s"
-                              % (self.name, self.proc.returncode, self._stderr.decode("utf-8", "replace").strip()[-2000:]))
+                              % (self.name, self.proc.returncode, self.output[-2000:]))
         return len(data)
 
     def flush(self) -> None:
         pass
 
     def finish(self) -> str:
+        """Close stdin and wait; a non-zero exit fails the stage. Returns what the program said."""
         try:
             self.proc.stdin.close()
         except BrokenPipeError:
             pass
         rc = self.proc.wait()
         self._thread.join(5)
-        err = self._stderr.decode("utf-8", "replace").strip()
         if rc != 0:
-            raise StreamError(self.name, "%s exited with status %s: %s" % (self.name, rc, err[-2000:] or "no error output"))
-        return err
+            raise StreamError(self.name, "%s exited with status %s: %s" % (self.name, rc, self.output[-2000:] or "no error output"))
+        return self.output
 
     def abort(self) -> None:
         if self.proc.poll() is None:
