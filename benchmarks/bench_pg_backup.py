@@ -214,9 +214,12 @@ def bench_database(name: str, pg: PostgresServer, s3: MotoS3Server, bucket: str,
     repo = s3.repository_options(bucket, prefix="bench-%s" % name)
     menv = ansible_env()
     ids = {}
-    for label, level in (("pg_backup -> S3, zstd (default level) + age", None), ("pg_backup -> S3, zstd -1 + age", 1)):
-        args = dict(pg.login, db=name, encryption_recipients=[keys["recipient"]], **repo)
-        args["set"] = "%s-l%s" % (name, level or "d")
+    file_repo = {"repository": "file://%s" % (work / "repository")}
+    for label, level, where in (("pg_backup -> S3, zstd (default level) + age", None, repo),
+                                ("pg_backup -> S3, zstd -1 + age", 1, repo),
+                                ("pg_backup -> local file repository, zstd (default level) + age", None, file_repo)):
+        args = dict(pg.login, db=name, encryption_recipients=[keys["recipient"]], **where)
+        args["set"] = "%s-l%s-%s" % (name, level or "d", "s3" if where is repo else "file")
         if level is not None:
             args["compression_level"] = level
         wall, peak, result = run_module_measured("ansible_collections.runbook.ops.plugins.modules.pg_backup",

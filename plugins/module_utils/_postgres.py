@@ -612,6 +612,12 @@ class PgBackup:
     # ------------------------------------------------------------------ backup
 
     def backup(self) -> dict:
+        result = self._backup()
+        result.setdefault("restored_db", None)
+        result.setdefault("previous_db", None)
+        return result
+
+    def _backup(self) -> dict:
         from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
             UNENCRYPTED_WARNING, backup_result, compression_settings, fresh_backup, prune_after_success)
         watch = Stopwatch()
@@ -857,7 +863,11 @@ class PgBackup:
                     raise RunbookError('restore mode=swap: database "%s" (kept by an earlier swap of this backup) '
                                        "already exists on %s; drop or rename it first" % (previous, self.conn.where))
                 self._check_sessions(cur, target)
-            if self.params.get("verify_first", True):
+            verify_first = bool(self.params.get("verify_first", True))
+            # clean writes into the live database: prove the whole backup in a separate pass first.
+            # new and swap restore into a database of their own (dropped on failure) and the stream's
+            # checksum is proven when it ends, before the target is touched: no second read needed.
+            if verify_first and (mode == "clean" or self.check_mode):
                 problems = self.repo.verify(manifest, identities)["problems"]
                 if problems:
                     raise RunbookError("restore of backup %s refused: verification failed, database \"%s\" was not "
@@ -869,7 +879,7 @@ class PgBackup:
                               "previous_db": previous if (previous and self.params.get("keep_previous", True)) else None}}
             result = {"changed": True, "backup_id": manifest["id"], "manifest": manifest, "skipped": False,
                       "pruned": [], "restored_db": target, "previous_db": None, "diff": diff,
-                      "verified": {"level": "checksum" if self.params.get("verify_first", True) else "none",
+                      "verified": {"level": "archive" if verify_first else "none",
                                    "ok": True, "problems": []}}
             if self.check_mode:
                 result.update(duration_s=watch.elapsed, throughput_mib_s=0.0,
@@ -885,11 +895,19 @@ class PgBackup:
                 try:
                     self._restore_into(manifest, identities, pg_restore, target)
                     result["verified"] = self._verified_counts(target, manifest)
+                except RunbookError as exc:
+                    drop_database(cur, target)
+                    raise RunbookError('restore of backup %s into new database "%s" failed (it was dropped again): %s'
+                                       % (manifest["id"], target, exc.msg), **exc.details)
                 except BaseException:
                     drop_database(cur, target)
                     raise
             else:
-                result["previous_db"] = self._swap(cur, manifest, identities, pg_restore, target, previous, result)
+                try:
+                    result["previous_db"] = self._swap(cur, manifest, identities, pg_restore, target, previous, result)
+                except _NotTouched as exc:
+                    raise RunbookError('restore of backup %s failed, database "%s" was not touched: %s'
+                                       % (manifest["id"], target, exc.error.msg), **exc.error.details)
         finally:
             connection.close()
         result.update(duration_s=watch.elapsed, throughput_mib_s=_mib_s(manifest.get("raw_size", 0), watch.elapsed),
@@ -924,8 +942,11 @@ class PgBackup:
         temp = scratch_name(target, "restore")
         create_database(cur, temp, manifest.get("source", {}), self._owner(cur, manifest))
         try:
-            self._restore_into(manifest, identities, pg_restore, temp)
-            result["verified"] = self._verified_counts(temp, manifest)
+            try:
+                self._restore_into(manifest, identities, pg_restore, temp)
+                result["verified"] = self._verified_counts(temp, manifest)
+            except RunbookError as exc:
+                raise _NotTouched(exc)
             if previous is not None:
                 self._check_sessions(cur, target)
                 self._rename_out(cur, target, previous)
@@ -972,6 +993,14 @@ class PgBackup:
             if terminate:
                 cur.execute("ALTER DATABASE %s ALLOW_CONNECTIONS true" % quote_ident(target))
             raise
+
+
+class _NotTouched(Exception):
+    """A swap failed before the target was renamed: the target is as it was."""
+
+    def __init__(self, error: RunbookError) -> None:
+        super().__init__(error.msg)
+        self.error = error
 
 
 class _CountThread:

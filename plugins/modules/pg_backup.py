@@ -43,7 +43,7 @@ attributes:
     description:
       - V(backup) connects, checks the client version and reports what it would store.
       - V(restore) checks the preconditions (target, sessions) and, with O(verify_first), reads and decrypts
-        the backup, then reports what it would do without touching any database.
+        the whole backup, then reports what it would do without touching any database.
       - V(verify) reads only; at O(level=restore) the scratch restore is skipped and the archive level is run.
   diff_mode:
     support: partial
@@ -134,8 +134,13 @@ options:
     type: str
   verify_first:
     description:
-      - Before a restore touches any database, read the whole backup once, checking size and sha256 against
-        the manifest and decrypting and decompressing to the end.
+      - Prove the backup (size and sha256 against the manifest, decryption and decompression to the end) before
+        the target database is touched.
+      - With O(mode=clean), which writes into the existing database, and in check mode, this is a separate full
+        read of the backup before the restore starts.
+      - O(mode=new) and O(mode=swap) restore into a database of their own, which is dropped when the stream fails
+        its checksum or decryption at any point, before the target is renamed; the restoring pass is the proof and
+        no second read is made, whatever this option says.
     type: bool
     default: true
   terminate_connections:
@@ -242,12 +247,12 @@ pruned:
   type: list
   elements: dict
 restored_db:
-  description: The database that now holds the restored data.
+  description: The database that now holds the restored data (null unless O(state=restore)).
   returned: always
   type: str
   sample: auth_service
 previous_db:
-  description: With O(mode=swap) and O(keep_previous), the name the replaced database was renamed to.
+  description: With O(mode=swap) and O(keep_previous), the name the replaced database was renamed to; null otherwise.
   returned: always
   type: str
   sample: auth_service_pre_20260131T120000Z-3fa9c1
