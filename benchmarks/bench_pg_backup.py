@@ -17,7 +17,7 @@ stored bytes of:
 * ``pg_backup``: this module to S3 with zstd and age encryption (default level, and level 1);
 
 then restore time of ``pg_restore`` from the local ``pg_dump -Fc`` file against ``pg_backup``
-restore (mode new, from S3, with and without ``verify_first``).
+restore (mode new from S3 and from a file repository, mode clean from a file repository).
 
 Figures are printed beside their baselines with the ratios the targets are stated in.
 Usage: .venv/bin/python benchmarks/bench_pg_backup.py [--rows 3000000] [--pgbench-scale 50]
@@ -238,17 +238,26 @@ def bench_database(name: str, pg: PostgresServer, s3: MotoS3Server, bucket: str,
     assert rc == 0, err
     restores["pg_restore from local file"] = Measure(wall, peak, 0)
     pg.psql("DROP DATABASE r_local")
-    set_name, backup_id = ids["pg_backup -> S3, zstd -1 + age"]
-    for label, verify_first in (("pg_backup restore from S3 (verify_first)", True),
-                                ("pg_backup restore from S3 (verify_first=false)", False)):
-        pg.psql("DROP DATABASE IF EXISTS r_module")
-        args = dict(pg.login, db=name, state="restore", mode="new", target_db="r_module", backup_id=backup_id,
-                    encryption_identity=keys["identity"], verify_first=verify_first, **repo)
+    pg.psql("DROP DATABASE IF EXISTS r_module")
+    variants = (
+        ("pg_backup restore mode=new from S3 (zstd -1)", "pg_backup -> S3, zstd -1 + age", repo, "new",
+         "one streamed pass, row counts checked"),
+        ("pg_backup restore mode=new from file repository", "pg_backup -> local file repository, zstd (default level) + age",
+         file_repo, "new", "one streamed pass, row counts checked"),
+        ("pg_backup restore mode=clean from file repository", "pg_backup -> local file repository, zstd (default level) + age",
+         file_repo, "clean", "separate verify_first pass + --single-transaction"),
+    )
+    for label, source, where, mode, note in variants:
+        set_name, backup_id = ids[source]
+        args = dict(pg.login, db=name, state="restore", mode=mode, target_db="r_module", backup_id=backup_id,
+                    encryption_identity=keys["identity"], **where)
         args["set"] = set_name
         wall, peak, _result = run_module_measured("ansible_collections.runbook.ops.plugins.modules.pg_backup",
                                                   args, work, menv)
-        restores[label] = Measure(wall, peak, 0, "row counts checked")
-        pg.psql("DROP DATABASE r_module")
+        restores[label] = Measure(wall, peak, 0, note)
+        if mode == "new" and where is repo:
+            pg.psql("DROP DATABASE r_module")
+    pg.psql("DROP DATABASE r_module")
     plain_file.unlink()
     return {"size": size, "backups": results, "restores": restores}
 
@@ -328,7 +337,7 @@ def main() -> None:
                   module.wall_s / real["pg_dump -Fc (local file)"].wall_s,
                   module.wall_s / real["floor: pg_dump -Fc -Z0 > /dev/null"].wall_s,
                   module.stored_bytes / 1e6, real["pg_dump -Fc (local file)"].stored_bytes / 1e6, module.peak_mib,
-                  figures["realistic"]["restores"]["pg_backup restore from S3 (verify_first)"].wall_s
+                  figures["realistic"]["restores"]["pg_backup restore mode=new from S3 (zstd -1)"].wall_s
                   / figures["realistic"]["restores"]["pg_restore from local file"].wall_s))
         if opts.json:
             Path(opts.json).write_text(json.dumps(

@@ -636,6 +636,7 @@ class PgBackup:
         from ansible_collections.runbook.ops.plugins.module_utils._stream import parse_recipients
         parse_recipients(recipients)  # bad keys fail before the dump starts
         comp = compression_settings(self.params)
+        previous_latest = _latest_id(self.repo, self.set)
         connection = self.conn.connect(self.db, autocommit=True)
         try:
             cur = connection.cursor()
@@ -652,7 +653,7 @@ class PgBackup:
                 result.update(changed=True, msg="would back up database %s (%d bytes, %d tables) on %s into %s"
                               % (self.db, facts["database_size"], len(with_data) + len(schema_only),
                                  self.conn.where, self.repo.url))
-                result["diff"] = {"before": {"latest_backup": _latest_id(self.repo, self.set)},
+                result["diff"] = {"before": {"latest_backup": previous_latest},
                                   "after": {"latest_backup": "(new backup of %s)" % self.db}}
                 return result
             with ClientEnv(self.conn) as client:
@@ -689,7 +690,7 @@ class PgBackup:
         result = backup_result(manifest, watch.elapsed, pruned=pruned)
         result["msg"] = "backed up database %s (%d tables, %d rows) to %s as %s" % (
             self.db, len(row_counts), sum(row_counts.values()), self.repo.url, manifest["id"])
-        result["diff"] = {"before": {"latest_backup": None}, "after": {"latest_backup": manifest["id"]}}
+        result["diff"] = {"before": {"latest_backup": previous_latest}, "after": {"latest_backup": manifest["id"]}}
         return result
 
     def _dump_directory(self, writer: t.Any, pg_dump: str, snapshot: str, env: dict, comp: dict,
