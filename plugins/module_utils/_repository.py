@@ -40,8 +40,9 @@ S3_MIN_PART = 16 * 1024 * 1024
 S3_MAX_PART = 5 * 1024 * 1024 * 1024
 S3_PARTS_PER_STEP = 1000
 S3_MAX_PARTS = 10000
-# Parts above this size are spooled to a 0600 temporary file instead of memory.
-S3_PART_MEMORY = 16 * 1024 * 1024
+# A part buffer larger than this is spooled to a 0600 temporary file (page cache, not process
+# memory): the part being filled, the one queued and the one uploading cost little RSS.
+S3_PART_MEMORY = 4 * 1024 * 1024
 
 
 def repository_argspec() -> dict:
