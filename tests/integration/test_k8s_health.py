@@ -81,15 +81,25 @@ def test_progress_deadline_exceeded(kube_cluster, kube_admin, kubelet, kube_name
     kube_admin.create("apps/v1", "deployments", body)
     wait_for(lambda: len(kube_admin.list("v1", "pods", ns)) == 2, what="pods")
     kubelet.running(ns, kube_admin.list("v1", "pods", ns)[0]["metadata"]["name"])
+    # The ready Pod is progress: let the controller record it before the deadline can stick.
+    wait_for(lambda: (kube_admin.get("apps/v1", "deployments", "stuck", ns).get("status") or {})
+             .get("readyReplicas") == 1, what="one replica ready")
 
     def deadline_exceeded() -> bool:
         dep = kube_admin.get("apps/v1", "deployments", "stuck", ns)
         return any(c.get("reason") == "ProgressDeadlineExceeded" for c in (dep.get("status") or {}).get("conditions", []))
     wait_for(deadline_exceeded, timeout=60, what="ProgressDeadlineExceeded")
-    stuck = one(health(kube_cluster, ns, checks=["workloads"]), "Deployment/%s/stuck" % ns)
+    stuck = wait_for(lambda: _deadline_finding(kube_cluster, ns), timeout=30, what="deadline reported")
     assert "progress deadline" in stuck["message"]
     assert stuck["details"]["reason"] == "ProgressDeadlineExceeded"
     assert stuck["severity"] in ("warning", "critical")
+
+
+def _deadline_finding(cluster, ns):
+    """The Deployment's finding once it reports the deadline (the controller may still flip the
+    condition once more while it catches up)."""
+    found = one(health(cluster, ns, checks=["workloads"]), "Deployment/%s/stuck" % ns)
+    return found if "progress deadline" in found["message"] else None
 
 
 def test_statefulset_and_daemonset_not_ready(kube_cluster, kube_admin, kube_namespace, kubelet):
