@@ -437,11 +437,12 @@ def scratch_name(base: str, tag: str) -> str:
 
 
 def previous_name(target: str, backup_id: str) -> str:
-    name = "%s_pre_%s" % (target, backup_id)
-    if len(name.encode()) > MAX_IDENTIFIER:
-        raise RunbookError('swap: "%s" is longer than PostgreSQL\'s %d-byte limit for a database name; use a '
-                           "shorter target_db or mode=new" % (name, MAX_IDENTIFIER))
-    return name
+    """``<target>_pre_<backup_id>``; a long target name is shortened (never the backup id, which
+    says what the previous database was replaced by) to fit PostgreSQL's 63-byte limit."""
+    suffix = "_pre_%s" % backup_id
+    room = MAX_IDENTIFIER - len(suffix.encode())
+    head = target.encode()[:room].decode("utf-8", "ignore")
+    return head + suffix
 
 
 # --------------------------------------------------------------------------- pg_restore

@@ -114,7 +114,8 @@ options:
       - How V(restore) treats the target.
       - V(new) creates O(target_db), which must not exist; it is dropped again if the restore fails.
       - V(swap) restores into a temporary database, compares its row counts with the manifest, then renames
-        O(target_db) (when it exists) to C(<target_db>_pre_<backup_id>) and the temporary database to
+        O(target_db) (when it exists) to C(<target_db>_pre_<backup_id>) (a long target name is shortened to fit
+        the 63-byte limit; the backup id is kept whole) and the temporary database to
         O(target_db). Until the renames, the target is not touched; a failure drops the temporary database.
       - V(clean) restores into the existing O(target_db) with C(pg_restore --clean --if-exists) in a single
         transaction (one job), so a failed restore is rolled back.
@@ -255,7 +256,7 @@ previous_db:
   description: With O(mode=swap) and O(keep_previous), the name the replaced database was renamed to; null otherwise.
   returned: always
   type: str
-  sample: auth_service_pre_20260131T120000Z-3fa9c1
+  sample: auth_service_pre_20260131T120000.042Z-3fa9c1
 verified:
   description: What was proven about the backup or the restored database.
   returned: when O(state=verify) or O(state=restore)

@@ -142,9 +142,10 @@ def test_names_fit_postgres_limits():
     name = scratch_name("x" * 80, "restore")
     assert len(name) <= 63 and "_restore_" in name
     assert scratch_name("shop", "verify") != scratch_name("shop", "verify")
-    assert previous_name("shop", "20260131T120000Z-abc123") == "shop_pre_20260131T120000Z-abc123"
-    with pytest.raises(RunbookError):
-        previous_name("a" * 40, "20260131T120000Z-abc123")
+    assert previous_name("shop", "20260131T120000.000Z-abc123") == "shop_pre_20260131T120000.000Z-abc123"
+    long_name = previous_name("a" * 40, "20260131T120000.000Z-abc123")
+    assert len(long_name.encode()) == 63 and long_name.endswith("_pre_20260131T120000.000Z-abc123")
+    assert len(previous_name("ä" * 40, "20260131T120000.000Z-abc123").encode()) <= 63
 
 
 def test_compare_counts():
