@@ -550,6 +550,18 @@ class Renewer:
             result["_fail_msg"] = "; ".join(self.fail_msgs)
         return result
 
+    def _assess(self, entry: "Entry", leaf: t.Any) -> bool:
+        """Record the certificate's facts and verdict; True when it is due and an issuer can renew it."""
+        entry.facts.update(cert_facts(leaf))
+        self._judge(entry, not_before(leaf), not_after(leaf))
+        self.entries.append(entry)
+        if not entry.should_renew:
+            return False
+        if self.issuer is None:
+            entry.msg += "; not renewed: no issuer given"
+            return False
+        return True
+
     def _judge(self, entry: Entry, start: datetime.datetime, end: datetime.datetime) -> None:
         verdict = judge(start, end, self.now, self.remaining_days, self.remaining_percentage, self.force)
         entry.days_left = verdict["days_left"]
@@ -614,13 +626,7 @@ class Renewer:
             self._unreadable(obj, "tls_secret", exc)
             return
         leaf = chain[0]
-        entry.facts.update(cert_facts(leaf))
-        self._judge(entry, not_before(leaf), not_after(leaf))
-        self.entries.append(entry)
-        if not entry.should_renew:
-            return
-        if self.issuer is None:
-            entry.msg += "; not renewed: no issuer given"
+        if not self._assess(entry, leaf):
             return
         old_key_pem = base64.b64decode(data["tls.key"]) if data.get("tls.key") else None
         try:
@@ -714,13 +720,7 @@ class Renewer:
             self._unreadable(obj, "file", exc)
             return
         leaf = chain[0]
-        entry.facts.update(cert_facts(leaf))
-        self._judge(entry, not_before(leaf), not_after(leaf))
-        self.entries.append(entry)
-        if not entry.should_renew:
-            return
-        if self.issuer is None:
-            entry.msg += "; not renewed: no issuer given"
+        if not self._assess(entry, leaf):
             return
         key_path = src.get("key_path")
         if not key_path:
