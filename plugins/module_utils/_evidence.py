@@ -15,11 +15,9 @@ that could not be fetched with the API server's answer: no log is ever made up.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import json
 import typing as t
-import urllib.parse
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     RunbookError, isoformat, parse_duration, utcnow)
@@ -30,36 +28,6 @@ KIND = "evidence"
 FORMAT = "runbook-evidence-v1"
 DEFAULT_LOG_LIMIT = 16 * 1024 * 1024
 SECRET_KEEP_META = ("name", "namespace", "labels", "creationTimestamp", "ownerReferences", "uid")
-
-
-class EvidenceClient(K8sClient):
-    """The Kubernetes client plus plain-text reads (Pod logs are not JSON)."""
-
-    def get_text(self, path: str, query: t.Mapping[str, t.Any], what: str) -> bytes:
-        """GET ``path`` and return the body; one attempt (a log request that fails fails for a reason
-        worth recording, and repeating it against an unreachable kubelet only costs time)."""
-        url = self._base_path + path
-        pairs = [(k, str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None]
-        if pairs:
-            url += "?" + urllib.parse.urlencode(pairs)
-        headers = {"Accept": "*/*", "User-Agent": self.user_agent}
-        token = self._token()
-        if token:
-            headers["Authorization"] = "Bearer " + token
-        try:
-            conn = self._connection()
-            self.requests += 1
-            conn.request("GET", url, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            status = response.status
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise K8sUnreachable("cannot %s: Kubernetes API server %s is unreachable: %s"
-                                 % (what, self.settings.describe(), exc))
-        if status >= 300:
-            raise self._error(status, data, what)
-        return data
 
 
 def identity(client: K8sClient) -> dict:
@@ -128,7 +96,7 @@ class EvidenceFiles:
         self.files.append((name, data, {"content": "log", "pod": pod, "container": container, "previous": previous}))
 
 
-def collect(client: EvidenceClient, namespace: str, pod_selector: t.Optional[str], log_tail_lines: t.Optional[int],
+def collect(client: K8sClient, namespace: str, pod_selector: t.Optional[str], log_tail_lines: t.Optional[int],
             since: t.Optional[str], log_limit_bytes: t.Optional[int]) -> t.Tuple[EvidenceFiles, t.List[dict]]:
     """Read everything; returns the files and a log status per (pod, container, previous)."""
     out = EvidenceFiles()
@@ -194,10 +162,12 @@ def collect(client: EvidenceClient, namespace: str, pod_selector: t.Optional[str
             what = "read the %slog of container %s of %s" % ("previous " if previous else "", container,
                                                              object_ref("Pod", name, namespace))
             try:
-                data = client.get_text(resource_path("v1", "pods", namespace, name, "log"), {
+                # One attempt: a log that cannot be read fails for a reason worth recording, and
+                # asking an unreachable kubelet again only costs time.
+                data = client.request("GET", resource_path("v1", "pods", namespace, name, "log"), {
                     "container": container, "previous": previous or None, "tailLines": log_tail_lines,
                     "sinceSeconds": int(since_seconds) if since_seconds else None,
-                    "limitBytes": log_limit_bytes, "timestamps": True}, what)
+                    "limitBytes": log_limit_bytes, "timestamps": True}, what=what, raw=True, retry=False)
             except K8sError as exc:
                 entry.update(status="failed", error=exc.msg, http_status=exc.status)
                 if exc.status >= 500 or isinstance(exc, K8sUnreachable):
@@ -209,7 +179,7 @@ def collect(client: EvidenceClient, namespace: str, pod_selector: t.Optional[str
     return out, logs
 
 
-def capture(client: EvidenceClient, repo: t.Any, namespace: str, incident_id: str, pod_selector: t.Optional[dict],
+def capture(client: K8sClient, repo: t.Any, namespace: str, incident_id: str, pod_selector: t.Optional[dict],
             set_name: t.Optional[str] = None, labels: t.Optional[dict] = None, recipients: t.Sequence[str] = (),
             compression: str = "zstd", log_tail_lines: t.Optional[int] = None, since: t.Optional[str] = None,
             log_limit_bytes: t.Optional[int] = DEFAULT_LOG_LIMIT) -> dict:

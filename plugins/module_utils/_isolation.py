@@ -717,7 +717,7 @@ def run(module: t.Any) -> dict:
     from ansible_collections.runbook.ops.plugins.module_utils._k8s import AUTH_OPTIONS
 
     params = module.params
-    client = _evidence.EvidenceClient.from_params({key: params.get(key) for key in AUTH_OPTIONS})
+    client = K8sClient.from_params({key: params.get(key) for key in AUTH_OPTIONS})
     namespace = params["namespace"]
     pod_selector = {str(k): str(v) for k, v in (params.get("pod_selector") or {}).items()} or None
     if params["state"] == "released":

@@ -486,10 +486,13 @@ class K8sClient:
         return None
 
     def request(self, method: str, path: str, query: t.Optional[t.Mapping[str, t.Any]] = None,
-                body: t.Any = None, content_type: str = "application/json", what: str = "") -> t.Any:
+                body: t.Any = None, content_type: str = "application/json", what: str = "",
+                raw: bool = False, retry: bool = True) -> t.Any:
         """Send one API request (with retries) and return the decoded JSON answer.
 
         ``what`` describes the operation for error messages (e.g. ``list pods in namespace auth``).
+        ``raw`` returns the body as bytes (Pod logs are not JSON); ``retry=False`` makes one attempt,
+        for reads whose failure is itself worth reporting at once.
         """
         url = self._base_path + path
         if query:
@@ -497,7 +500,7 @@ class K8sClient:
             if pairs:
                 url += "?" + urllib.parse.urlencode(pairs)
         payload: t.Optional[bytes] = None
-        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        headers = {"Accept": "*/*" if raw else "application/json", "User-Agent": self.user_agent}
         if body is not None:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = content_type
@@ -505,6 +508,7 @@ class K8sClient:
         if token:
             headers["Authorization"] = "Bearer " + token
         what = what or "%s %s" % (method, path)
+        retries = self.retries if retry else 0
         attempt = 0
         while True:
             attempt += 1
@@ -521,12 +525,14 @@ class K8sClient:
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 refused = isinstance(exc, ConnectionRefusedError)
-                if attempt <= self.retries and (method in IDEMPOTENT_METHODS or refused):
+                if attempt <= retries and (method in IDEMPOTENT_METHODS or refused):
                     self._sleep(attempt, None)
                     continue
                 raise K8sUnreachable("cannot %s: Kubernetes API server %s is unreachable: %s"
                                      % (what, self.settings.describe(), _describe_os_error(exc)))
             if status < 300:
+                if raw:
+                    return data
                 if not data:
                     return {}
                 try:
@@ -534,7 +540,7 @@ class K8sClient:
                 except ValueError:
                     raise K8sError("cannot %s: the API server answered %d with something that is not JSON" % (what, status),
                                    status=status)
-            if status in RETRY_STATUSES and attempt <= self.retries and (method in IDEMPOTENT_METHODS or status in (429, 503)):
+            if status in RETRY_STATUSES and attempt <= retries and (method in IDEMPOTENT_METHODS or status in (429, 503)):
                 retry_after = _retry_after(response.getheader("Retry-After"))
                 self._sleep(attempt, retry_after)
                 continue
