@@ -94,11 +94,16 @@ options:
       - When the newest complete backup of this set finished less than this long ago (V(6h), V(1d), ...),
         do nothing and return RV(skipped=true) with C(changed=false). Makes scheduled runs idempotent.
     type: str
+"""
+
+    RETENTION = r"""
+options:
   retention:
     description:
-      - Which backups of this set to keep after a B(successful) backup, with restic C(forget) meaning;
-        the kept set is the union of all rules and always includes the newest complete backup.
-        Never applied after a failed backup.
+      - Which backups of each set to keep, with restic C(forget) meaning; the kept set is the union of
+        all rules and always includes the newest complete backup of the set.
+      - The backup modules apply it only after a B(successful) backup, never after a failed one;
+        M(runbook.ops.backup_repo) applies it with O(ignore:state=prune) to each set in scope.
     type: dict
     suboptions:
       keep_last:

@@ -24,6 +24,7 @@ author:
 extends_documentation_fragment:
   - runbook.ops.repository
   - runbook.ops.repository.ENCRYPTION_IDENTITY
+  - runbook.ops.repository.RETENTION
 attributes:
   check_mode:
     support: full
@@ -50,27 +51,6 @@ options:
   backup_id:
     description: Only this backup (needs O(kind) and O(set)).
     type: str
-  retention:
-    description:
-      - The policy for O(state=prune), applied to each set in scope, with restic C(forget) meaning.
-      - The kept set is the union of the rules; the newest complete backup of a set is always kept.
-    type: dict
-    suboptions:
-      keep_last:
-        description: Keep the newest N backups.
-        type: int
-      keep_hourly:
-        description: Keep the newest backup of each of the last N hours that have one (UTC).
-        type: int
-      keep_daily:
-        description: Keep the newest backup of each of the last N days that have one (UTC).
-        type: int
-      keep_weekly:
-        description: Keep the newest backup of each of the last N ISO weeks that have one.
-        type: int
-      keep_monthly:
-        description: Keep the newest backup of each of the last N months that have one.
-        type: int
   max_age:
     description:
       - For O(state=list), a set whose newest complete backup started longer ago than this (V(26h), V(8d)...)

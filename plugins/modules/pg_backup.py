@@ -36,6 +36,7 @@ extends_documentation_fragment:
   - runbook.ops.repository
   - runbook.ops.repository.ENCRYPTION_IDENTITY
   - runbook.ops.repository.BACKUP_JOB
+  - runbook.ops.repository.RETENTION
   - runbook.ops.encryption
 attributes:
   check_mode:
