@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import re
+import socket
+import ssl
 import time
 import traceback
 import typing as t
@@ -74,6 +76,47 @@ def parse_time(value: t.Union[str, datetime.datetime, None], option: str = "now"
 def isoformat(moment: datetime.datetime) -> str:
     """UTC, second precision, ``Z`` suffix: how every timestamp in our results reads."""
     return moment.astimezone(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# OpenSSL's words for "the reply was not a TLS record": the peer answered in plain text.
+_PLAINTEXT_REPLY_REASONS = ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE",
+                            "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "UNEXPECTED_EOF_WHILE_READING")
+
+
+def explain_tls_failure(exc: BaseException, where: str) -> t.Optional[str]:
+    """What a failed TLS handshake with ``where`` most likely means, for a user; None when ``exc``
+    is not a handshake failure. A TLS client on a plain-text port sees either a reply that is not a
+    TLS record (OpenSSL: ``WRONG_VERSION_NUMBER``) or, from servers that wait for a full line
+    (Redis), nothing until the timeout."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS certificate of %s failed verification: %s" % (where, exc.verify_message or exc.reason)
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc)
+        if any(word in reason.upper() for word in _PLAINTEXT_REPLY_REASONS) or isinstance(exc, ssl.SSLEOFError):
+            return ("%s does not speak TLS on this port (its reply is not a TLS handshake: %s); "
+                    "use the TLS port or turn TLS off" % (where, reason))
+        return "TLS handshake with %s failed: %s" % (where, reason)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return ("no TLS handshake reply from %s before the timeout: the server probably does not speak TLS "
+                "on this port (a plain-text port waits for a command); use the TLS port or turn TLS off" % where)
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return ("%s closed the connection during the TLS handshake: it may not speak TLS on this port, "
+                "or it wants a client certificate" % where)
+    return None
+
+
+def tls_handshake(sock: socket.socket, context: ssl.SSLContext, server_hostname: t.Optional[str],
+                  where: str) -> ssl.SSLSocket:
+    """``context.wrap_socket`` with every handshake failure turned into a :class:`RunbookError`
+    that says what it means (see :func:`explain_tls_failure`)."""
+    try:
+        return context.wrap_socket(sock, server_hostname=server_hostname)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        explained = explain_tls_failure(exc, where)
+        if explained is None:
+            raise
+        raise RunbookError(explained)
 
 
 class Stopwatch:

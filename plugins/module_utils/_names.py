@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright: runbook.ops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One place that decides whether a user-given name may become a path, an object key, a database
+or role name, a Kubernetes object name or a connection parameter.
+
+Every value an inventory, a survey or an extra var can set is untrusted. The rules:
+
+* A **path segment** (a backup set, a backup id, an object name) is one component of a file path and
+  of an S3 key: never empty, no ``/`` or ``\\``, no NUL or other control character, not ``.`` or
+  ``..`` and no leading dot (hidden files, traversal), at most 200 bytes of UTF-8.
+* A **PostgreSQL name** (database, role) is taken literally by the server but libpq expands a
+  ``dbname`` holding ``=`` or a URI prefix into connection settings; we refuse NUL, control
+  characters and names longer than 63 bytes (the server would truncate them silently), and the
+  callers pass names only inside a quoted connection string (:func:`conninfo`).
+* A **Kubernetes name** follows the API's own DNS rules, checked before it is put in a URL.
+
+Validators raise :class:`RunbookError` naming the option, the value (shortened, printable) and the
+rule, so ``fail_json`` explains the refusal.
+"""
+
+from __future__ import annotations
+
+import re
+import typing as t
+
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+
+MAX_SEGMENT_BYTES = 200
+PG_MAX_NAME_BYTES = 63
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def shown(value: t.Any, limit: int = 60) -> str:
+    """A value as it may appear in a message: repr'd (so control bytes are visible) and shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
+
+
+def _text(what: str, value: t.Any) -> str:
+    if not isinstance(value, str):
+        raise RunbookError("%s %s is not a string" % (what, shown(value)))
+    return value
+
+
+def no_control(what: str, value: t.Any) -> str:
+    """Any text that reaches another program or protocol: no NUL, newline or other control character."""
+    text = _text(what, value)
+    if _CONTROL.search(text):
+        raise RunbookError("%s %s holds a control character (NUL, newline...), which is never part of a valid value"
+                           % (what, shown(text)))
+    return text
+
+
+def path_segment(what: str, value: t.Any) -> str:
+    """One component of a repository path or object key (a set, a backup id, an object name)."""
+    text = no_control(what, value)
+    if not text:
+        raise RunbookError("%s is empty" % what)
+    if "/" in text or "\\" in text:
+        raise RunbookError("%s %s holds a path separator; it must be a single name inside the repository"
+                           % (what, shown(text)))
+    if text.startswith("."):
+        raise RunbookError("%s %s starts with a dot; names such as '..' would leave the repository" % (what, shown(text)))
+    if len(text.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        raise RunbookError("%s %s is longer than %d bytes" % (what, shown(text), MAX_SEGMENT_BYTES))
+    return text
+
+
+def backup_id(value: t.Any, what: str = "backup_id") -> str:
+    """A backup id as written by the repository (``20261124T031500.042Z-3fa91c``) or a user's own of that shape."""
+    text = path_segment(what, value)
+    if not _BACKUP_ID.match(text):
+        raise RunbookError("%s %s is not a backup id (letters, digits and . _ : + - only, e.g. 20261124T031500.042Z-3fa91c)"
+                           % (what, shown(text)))
+    return text
+
+
+def optional(check: t.Callable[..., str]) -> t.Callable[..., t.Optional[str]]:
+    """``check`` for an option that may be left empty (None or "")."""
+    def wrapped(what: str, value: t.Any) -> t.Optional[str]:
+        if value is None or value == "":
+            return None
+        return check(what, value)
+    wrapped.__name__ = "optional_" + check.__name__
+    return wrapped
+
+
+def pg_name(what: str, value: t.Any) -> str:
+    """A PostgreSQL database or role name, taken literally."""
+    text = no_control(what, value)
+    if not text:
+        raise RunbookError("%s is empty" % what)
+    if len(text.encode("utf-8")) > PG_MAX_NAME_BYTES:
+        raise RunbookError("%s %s is longer than %d bytes; PostgreSQL would truncate it to another name"
+                           % (what, shown(text), PG_MAX_NAME_BYTES))
+    return text
+
+
+def conninfo_value(value: t.Any) -> str:
+    """A libpq keyword value, quoted so that nothing in it is read as another keyword or a URI."""
+    return "'%s'" % str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def conninfo(settings: t.Mapping[str, t.Any]) -> str:
+    """A libpq connection string from keyword/value pairs (empty values left out), every value quoted."""
+    for key, value in settings.items():
+        if value not in (None, ""):
+            no_control("connection parameter %s" % key, str(value))
+    return " ".join("%s=%s" % (key, conninfo_value(value)) for key, value in settings.items() if value not in (None, ""))
+
+
+def passfile_field(value: t.Any) -> str:
+    """One field of a ``.pgpass`` line: ``:`` and ``\\`` escaped, so a field is never read as ``*``."""
+    text = str(value)
+    if text == "*":
+        return "\\*"
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def k8s_name(what: str, value: t.Any, label: bool = False) -> str:
+    """A Kubernetes object name (DNS subdomain, 253 characters) or, with ``label``, a DNS label
+    (namespaces and Services, 63 characters)."""
+    text = no_control(what, value)
+    limit, pattern = (63, _DNS_LABEL) if label else (253, _DNS_SUBDOMAIN)
+    if not text or len(text) > limit or not pattern.match(text):
+        raise RunbookError("%s %s is not a valid Kubernetes name (lower-case letters, digits and '-'%s, at most %d characters)"
+                           % (what, shown(text), "" if label else " or '.'", limit))
+    return text
+
+
+def check_params(params: t.Mapping[str, t.Any], rules: t.Mapping[str, t.Callable[[str, t.Any], t.Any]]) -> None:
+    """Apply ``rules`` (option name -> validator) to the options that are set; lists are checked item by item."""
+    for option, check in rules.items():
+        value = params.get(option)
+        if value is None or value == "" or value == []:
+            continue
+        if isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                check("%s[%d]" % (option, index), item)
+        else:
+            check(option, value)
+
+
+def trusted_manifest(manifest: t.Any, kind: str, set_name: str, found_id: str, where: str) -> dict:
+    """A manifest read from storage is trusted only when its ``kind``, ``set`` and ``id`` are valid names
+    and match the path it was found under (a planted or copied manifest cannot steer what is read)."""
+    if not isinstance(manifest, dict):
+        raise RunbookError("manifest of %s is not a JSON object" % where)
+    for field, expected in (("kind", kind), ("set", set_name), ("id", found_id)):
+        value = manifest.get(field)
+        if value != expected:
+            raise RunbookError("manifest of %s says %s=%s but was found under %s=%s; it is not trusted"
+                               % (where, field, shown(value), field, shown(expected)))
+    path_segment("manifest set", manifest["set"])
+    path_segment("manifest id", manifest["id"])
+    objects = manifest.get("objects", [])
+    if not isinstance(objects, list):
+        raise RunbookError("manifest of %s: objects is not a list; it is not trusted" % where)
+    for entry in objects:
+        if not isinstance(entry, dict):
+            raise RunbookError("manifest of %s: an object entry is not a JSON object; it is not trusted" % where)
+        path_segment("manifest object name", entry.get("name"))
+    return manifest
