@@ -10,8 +10,9 @@ import typing as t
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     RunbookError, Stopwatch, parse_duration, parse_time, utcnow)
 from ansible_collections.runbook.ops.plugins.module_utils._findings import finding, sort_findings, summarize
+from ansible_collections.runbook.ops.plugins.module_utils._names import check_params
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
-    Repository, backup_summary, public_incomplete)
+    Repository, RepositoryMissing, backup_summary, name_rules, public_incomplete)
 from ansible_collections.runbook.ops.plugins.module_utils._retention import policy_is_empty
 from ansible_collections.runbook.ops.plugins.module_utils._stream import load_identities
 
@@ -23,6 +24,9 @@ def _selected(repo: Repository, params: dict) -> t.List[dict]:
             raise RunbookError("backup_id needs kind and set too")
         return [repo.get(kind, set_name, backup_id)]
     manifests = repo.scan(kind, set_name)[0]
+    if not manifests and set_name:
+        # A mistyped set must not verify "nothing" successfully.
+        raise RunbookError("no complete %s backup of set %r in %s to verify" % (kind, set_name, repo.url))
     return manifests
 
 
@@ -62,8 +66,19 @@ def _with_findings(result: dict, findings: t.List[dict]) -> dict:
     return result
 
 
+def _missing_repository(repo: Repository, exc: RepositoryMissing) -> dict:
+    """A mistyped repository URL must not read as "no backups, all fine"."""
+    return finding("critical", "backup_repository", "BackupRepository/%s" % repo.url, exc.msg, {"repository": repo.url})
+
+
 def list_backups(repo: Repository, params: dict) -> dict:
-    manifests, incomplete = repo.scan(params.get("kind"), params.get("set"))
+    try:
+        repo.backend.require_exists()
+        manifests, incomplete = repo.scan(params.get("kind"), params.get("set"), with_uploads=True)
+    except RepositoryMissing as exc:
+        result = _with_findings({"changed": False, "backups": [], "incomplete": []}, [_missing_repository(repo, exc)])
+        result["_fail_msg"] = exc.msg
+        return result
     if params.get("backup_id"):
         manifests = [m for m in manifests if m["id"] == params["backup_id"]]
     result = {"changed": False, "backups": [backup_summary(m) for m in manifests],
@@ -73,6 +88,12 @@ def list_backups(repo: Repository, params: dict) -> dict:
 
 def verify_backups(repo: Repository, params: dict) -> dict:
     identities = load_identities(params.get("encryption_identity"))
+    try:
+        repo.backend.require_exists()
+    except RepositoryMissing as exc:
+        result = _with_findings({"changed": False, "verified": []}, [_missing_repository(repo, exc)])
+        result["_fail_msg"] = exc.msg
+        return result
     selected = _selected(repo, params)
     if params.get("latest_only"):
         newest: t.Dict[t.Tuple[str, str], dict] = {}
@@ -81,10 +102,13 @@ def verify_backups(repo: Repository, params: dict) -> dict:
         selected = list(newest.values())
     verified = [repo.verify(manifest, identities) for manifest in selected]
     result: dict = {"changed": False, "verified": verified}
-    _with_findings(result, [
-        finding("ok" if v["ok"] else "critical", "backup_verify", _ref(dict(v, id=v["backup_id"])),
-                "verified (%s)" % v["level"] if v["ok"] else "; ".join(v["problems"]), {"level": v["level"]})
-        for v in verified])
+    findings = [finding("ok" if v["ok"] else "critical", "backup_verify", _ref(dict(v, id=v["backup_id"])),
+                        "verified (%s)" % v["level"] if v["ok"] else "; ".join(v["problems"]), {"level": v["level"]})
+                for v in verified]
+    if not verified:
+        findings.append(finding("warning", "backup_verify", "BackupRepository/%s" % repo.url,
+                                "no complete backup in scope to verify", {"kind": params.get("kind")}))
+    _with_findings(result, findings)
     bad = [v for v in verified if not v["ok"]]
     if bad:
         result["_fail_msg"] = "%d of %d backups failed verification: %s" % (
@@ -97,6 +121,7 @@ def prune_backups(repo: Repository, params: dict, check_mode: bool) -> dict:
     policy = params.get("retention") or {}
     if policy_is_empty(policy):
         raise RunbookError("state=prune needs a retention policy with at least one keep_* above 0")
+    repo.backend.require_exists()
     kept, removed = repo.prune(policy, params.get("kind"), params.get("set"), dry_run=check_mode)
     return {"changed": bool(removed), "removed": removed, "kept": kept,
             "diff": {"before": {"backups": sorted(b["id"] for b in kept + removed)},
@@ -104,6 +129,7 @@ def prune_backups(repo: Repository, params: dict, check_mode: bool) -> dict:
 
 
 def cleanup_repository(repo: Repository, params: dict, check_mode: bool) -> dict:
+    repo.backend.require_exists()
     backups, uploads = repo.cleanup(params["older_than"], params.get("kind"), params.get("set"), dry_run=check_mode)
     return {"changed": bool(backups or uploads), "removed": backups, "aborted_uploads": uploads}
 
@@ -116,6 +142,7 @@ def run(module: t.Any) -> dict:
     params = module.params
     if params["state"] not in STATES:
         raise RunbookError("state must be one of %s, got %r" % (", ".join(STATES), params["state"]))
+    check_params(params, name_rules())
     repo = Repository.from_options(params)
     state = params["state"]
     if state == "list":

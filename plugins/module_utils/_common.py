@@ -14,6 +14,8 @@ import time
 import traceback
 import typing as t
 
+from ansible.module_utils.basic import AnsibleModule
+
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
@@ -126,6 +128,30 @@ class Stopwatch:
     @property
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
+
+
+class RunbookModule(AnsibleModule):
+    """``AnsibleModule`` that also masks secrets nested in options that are not ``no_log`` as a whole
+    (an inline kubeconfig's token and keys), from the first output on: the argument-spec failure,
+    ``invocation.module_args`` at -vvv, results, warnings and messages.
+
+    ``sensitive`` holds functions ``params -> [secret strings]``; they run on the raw parameters,
+    before validation, so even a refused task prints none of them.
+    """
+
+    def __init__(self, *args: t.Any, sensitive: t.Sequence[t.Callable[[t.Mapping[str, t.Any]], t.List[str]]] = (),
+                 **kwargs: t.Any) -> None:
+        self._sensitive = tuple(sensitive)
+        super().__init__(*args, **kwargs)
+
+    def _load_params(self) -> None:
+        super()._load_params()  # type: ignore[misc]
+        for extract in self._sensitive:
+            try:
+                self.no_log_values.update(value for value in extract(self.params) if value)
+            except Exception:  # pylint: disable=broad-except
+                # A malformed value is refused by validation later; masking must never be the failure.
+                pass
 
 
 def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:

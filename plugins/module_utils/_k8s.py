@@ -31,7 +31,7 @@ import urllib.parse
 
 from ansible.module_utils.basic import env_fallback
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, RunbookModule, explain_tls_failure
 
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_TIMEOUT = 30.0
@@ -64,6 +64,12 @@ def k8s_auth_argspec() -> t.Dict[str, dict]:
 
 
 AUTH_OPTIONS = tuple(k8s_auth_argspec())
+
+
+def k8s_module(**kwargs: t.Any) -> RunbookModule:
+    """The module object of a Kubernetes module: ``AnsibleModule`` arguments, with an inline
+    kubeconfig's credentials masked in every output (see :func:`inline_kubeconfig_secrets`)."""
+    return RunbookModule(sensitive=[inline_kubeconfig_secrets], **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,6 +294,51 @@ def _in_cluster(settings: ConnectionSettings) -> bool:
     return True
 
 
+def request_timeout(value: t.Any) -> float:
+    """``request_timeout`` (or K8S_AUTH_REQUEST_TIMEOUT) as positive seconds; empty means the default."""
+    if value is None or value == "":
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise RunbookError("request_timeout %r is not a number of seconds" % (value,))
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise RunbookError("request_timeout must be a positive number of seconds, got %r" % (value,))
+    return seconds
+
+
+# Keys of a kubeconfig user entry that name no secret; every other string under ``users`` is masked.
+_PUBLIC_USER_KEYS = frozenset(("username", "command", "apiVersion", "interactiveMode", "installHint", "client-certificate",
+                               "client-key", "tokenFile", "provideClusterInfo", "name", "as", "as-uid", "args"))
+
+
+def inline_kubeconfig_secrets(params: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Credentials inside a ``kubeconfig`` given as a dict (tokens, keys, passwords, exec env values,
+    auth-provider config), to be masked in every output like a ``no_log`` option's value. The
+    option itself is not ``no_log``: a kubeconfig path is no secret and names the file in messages."""
+    kubeconfig = params.get("kubeconfig")
+    found: t.List[str] = []
+    if not isinstance(kubeconfig, dict):
+        return found
+
+    def walk(value: t.Any, key: str) -> None:
+        if isinstance(value, dict):
+            for child_key, child in value.items():
+                walk(child, str(child_key))
+        elif isinstance(value, list):
+            for child in value:
+                walk(child, key)
+        elif value is not None and key not in _PUBLIC_USER_KEYS:
+            text = str(value)
+            if len(text) >= 4:
+                found.append(text)
+
+    for entry in kubeconfig.get("users") or []:
+        if isinstance(entry, dict):
+            walk(entry.get("user"), "user")
+    return found
+
+
 def resolve_settings(params: t.Mapping[str, t.Any]) -> ConnectionSettings:
     """Turn the auth options into :class:`ConnectionSettings`.
 
@@ -297,7 +348,7 @@ def resolve_settings(params: t.Mapping[str, t.Any]) -> ConnectionSettings:
     the in-cluster service account is used.
     """
     settings = ConnectionSettings()
-    settings.timeout = float(params.get("request_timeout") or DEFAULT_TIMEOUT)
+    settings.timeout = request_timeout(params.get("request_timeout"))
     kubeconfig, context = params.get("kubeconfig"), params.get("context")
     if kubeconfig or context or not params.get("host"):
         docs = _kubeconfig_documents(kubeconfig)
@@ -823,7 +874,7 @@ def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "TLS certificate verification failed (%s); set ca_cert or validate_certs" % exc.verify_message
     if isinstance(exc, ssl.SSLError):
-        return "TLS error: %s" % (exc.reason or exc)
+        return explain_tls_failure(exc, "the server") or "TLS error: %s" % (exc.reason or exc)
     if isinstance(exc, socket.gaierror):
         return "cannot resolve the host name (%s)" % exc.strerror
     if isinstance(exc, OSError) and exc.strerror:

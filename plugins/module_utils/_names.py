@@ -146,22 +146,23 @@ def check_params(params: t.Mapping[str, t.Any], rules: t.Mapping[str, t.Callable
 
 
 def trusted_manifest(manifest: t.Any, kind: str, set_name: str, found_id: str, where: str) -> dict:
-    """A manifest read from storage is trusted only when its ``kind``, ``set`` and ``id`` are valid names
-    and match the path it was found under (a planted or copied manifest cannot steer what is read)."""
-    if not isinstance(manifest, dict):
-        raise RunbookError("manifest of %s is not a JSON object" % where)
-    for field, expected in (("kind", kind), ("set", set_name), ("id", found_id)):
-        value = manifest.get(field)
-        if value != expected:
-            raise RunbookError("manifest of %s says %s=%s but was found under %s=%s; it is not trusted"
-                               % (where, field, shown(value), field, shown(expected)))
-    path_segment("manifest set", manifest["set"])
-    path_segment("manifest id", manifest["id"])
-    objects = manifest.get("objects", [])
-    if not isinstance(objects, list):
-        raise RunbookError("manifest of %s: objects is not a list; it is not trusted" % where)
-    for entry in objects:
-        if not isinstance(entry, dict):
-            raise RunbookError("manifest of %s: an object entry is not a JSON object; it is not trusted" % where)
-        path_segment("manifest object name", entry.get("name"))
+    """A manifest read from storage is trusted only when its ``kind``, ``set`` and ``id`` match the
+    path it was found under and its object names are plain names (a planted or copied manifest
+    cannot steer what is read or deleted)."""
+    try:
+        if not isinstance(manifest, dict):
+            raise RunbookError("it is not a JSON object")
+        for field, expected in (("kind", kind), ("set", set_name), ("id", found_id)):
+            value = manifest.get(field)
+            if value != expected:
+                raise RunbookError("it says %s=%s but was found under %s=%s" % (field, shown(value), field, shown(expected)))
+        path_segment("set", manifest["set"])
+        path_segment("id", manifest["id"])
+        objects = manifest.get("objects", [])
+        if not isinstance(objects, list) or not all(isinstance(entry, dict) for entry in objects):
+            raise RunbookError("its objects are not a list of JSON objects")
+        for entry in objects:
+            path_segment("object name", entry.get("name"))
+    except RunbookError as exc:
+        raise RunbookError("manifest %s is not trusted: %s" % (where, exc.msg))
     return manifest

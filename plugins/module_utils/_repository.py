@@ -24,11 +24,15 @@ from urllib.parse import urlparse
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     RunbookError, isoformat, parse_duration, parse_time, utcnow)
+from ansible_collections.runbook.ops.plugins.module_utils._names import backup_id as check_backup_id
+from ansible_collections.runbook.ops.plugins.module_utils._names import path_segment, trusted_manifest
 from ansible_collections.runbook.ops.plugins.module_utils._retention import apply_retention
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
     NullSink, StreamError, decode_stream, encode_stream, recipient_fingerprint)
 
 MANIFEST = "manifest.json"
+# A manifest larger than this is not one of ours (it is read whole into memory).
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 FORMAT_VERSION = 1
 TOOL_VERSION = "0.1.0"
 KINDS = ("postgresql", "redis", "kubernetes", "evidence")
@@ -72,10 +76,13 @@ def new_backup_id(now: t.Optional[datetime.datetime] = None) -> str:
     return "%s.%03dZ-%s" % (moment.strftime("%Y%m%dT%H%M%S"), moment.microsecond // 1000, secrets.token_hex(3))
 
 
-def _check_name(what: str, value: str) -> str:
-    if not value or "/" in value or value in (".", "..") or value.startswith("."):
-        raise RunbookError("%s %r is not a valid name (no slashes, not empty, no leading dot)" % (what, value))
-    return value
+class RepositoryMissing(RunbookError):
+    """The repository itself is not there (a file repository's directory, an S3 bucket)."""
+
+
+def name_rules() -> dict:
+    """Validators of the repository options that become parts of a key (see ``_names.check_params``)."""
+    return {"set": path_segment, "backup_id": lambda what, value: check_backup_id(value, what)}
 
 
 # --------------------------------------------------------------------------- backends
@@ -134,6 +141,12 @@ class Backend:
     def describe(self, key: str) -> str:
         return "%s/%s" % (self.url.rstrip("/"), key)
 
+    def require_exists(self) -> None:
+        """Raise :class:`RepositoryMissing` when the repository itself is not there."""
+
+    def discard_prefix(self, prefix: str) -> None:
+        """Forget an empty backup prefix (file repositories remove its empty directories)."""
+
 
 class _FileWriter:
     def __init__(self, final: str) -> None:
@@ -144,20 +157,32 @@ class _FileWriter:
         self.handle = open(self.partial, "xb")  # pylint: disable=consider-using-with
         os.chmod(self.partial, 0o600)
 
+    def _failed(self, exc: OSError) -> StreamError:
+        return StreamError("store", "writing %s failed: %s" % (self.final, exc.strerror or exc))
+
     def write(self, data: bytes) -> int:
-        self.handle.write(data)
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            raise self._failed(exc)
         return len(data)
 
     def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.partial, self.final)
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.partial, self.final)
+        except OSError as exc:
+            raise self._failed(exc)
         _fsync_dir(os.path.dirname(self.final))
 
     def abort(self) -> None:
         if not self.handle.closed:
-            self.handle.close()
+            try:
+                self.handle.close()
+            except OSError:
+                pass  # the flush of a full disk fails again; the partial file goes anyway
         try:
             os.unlink(self.partial)
         except FileNotFoundError:
@@ -183,7 +208,25 @@ class FileBackend(Backend):
         self.url = "file://" + root
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        parts = key.rstrip("/").split("/")
+        # Keys are built from validated names; refuse anything that could still leave the root.
+        if any(part in ("", ".", "..") or "\x00" in part for part in parts):
+            raise RunbookError("refusing repository key %r: it would leave %s" % (key, self.url))
+        return os.path.join(self.root, *parts)
+
+    def require_exists(self) -> None:
+        if not os.path.isdir(self.root):
+            raise RepositoryMissing("repository %s does not exist (no directory %s); check the repository URL"
+                                    % (self.url, self.root))
+
+    def discard_prefix(self, prefix: str) -> None:
+        directory = self._path(prefix)
+        while directory.startswith(self.root + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
+            directory = os.path.dirname(directory)
 
     def open_writer(self, key: str, size_hint: t.Optional[int] = None) -> ObjectWriter:
         try:
@@ -193,7 +236,7 @@ class FileBackend(Backend):
 
     def get_bytes(self, key: str) -> bytes:
         with open(self._path(key), "rb") as handle:
-            return handle.read()
+            return handle.read(MAX_MANIFEST_BYTES + 1)
 
     def open_reader(self, key: str) -> t.Any:
         try:
@@ -413,7 +456,7 @@ class S3Backend(Backend):
             error = exc.response.get("Error", {})
             code = error.get("Code", "")
             if code in ("NoSuchBucket",):
-                raise RunbookError("bucket %s does not exist (%s)" % (self.bucket, self.options.get("s3_endpoint_url") or "AWS"))
+                raise RepositoryMissing("bucket %s does not exist (%s)" % (self.bucket, self.options.get("s3_endpoint_url") or "AWS"))
             if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
                 raise RunbookError("access denied to %s during %s: %s" % (self.describe(key), what, error.get("Message") or code))
             raise StreamError("store" if what != "read" else "read",
@@ -442,7 +485,7 @@ class S3Backend(Backend):
                    UploadId=upload_id, MultipartUpload={"Parts": parts})
 
     def get_bytes(self, key: str) -> bytes:
-        return self.open_reader(key).read()
+        return self.open_reader(key).read(MAX_MANIFEST_BYTES + 1)
 
     def open_reader(self, key: str) -> t.Any:
         reply = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
@@ -506,7 +549,7 @@ class BackupWriter:
             raise RunbookError("kind %r is not one of %s" % (kind, ", ".join(KINDS)))
         self.repo = repo
         self.kind = kind
-        self.set = _check_name("set", set_name)
+        self.set = path_segment("set", set_name)
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
         self.started = now or utcnow()
         self.backup_id = new_backup_id(self.started)
@@ -519,7 +562,7 @@ class BackupWriter:
     def add_object(self, name: str, source: t.Any, compression: str = "zstd", level: t.Optional[int] = None,
                    threads: int = 0, recipients: t.Sequence[str] = (), size_hint: t.Optional[int] = None) -> dict:
         """Stream ``source`` (a readable) into object ``name``; returns its manifest entry."""
-        _check_name("object", name)
+        path_segment("object name", name)
         key = "%s/%s" % (self.prefix, name)
         writer = self.repo.backend.open_writer(key, size_hint)
         try:
@@ -567,12 +610,15 @@ class BackupWriter:
         return manifest
 
     def abort(self) -> None:
-        if self._written and not self.committed:
-            try:
+        if self.committed:
+            return
+        try:
+            if self._written:
                 self.repo.backend.delete(self._written)
-            except Exception:  # pylint: disable=broad-except
-                # The backend itself failed; without a manifest these objects never count as a backup.
-                pass
+            self.repo.backend.discard_prefix(self.prefix + "/")
+        except Exception:  # pylint: disable=broad-except
+            # The backend itself failed; without a manifest these objects never count as a backup.
+            pass
 
     def __enter__(self) -> "BackupWriter":
         return self
@@ -612,16 +658,27 @@ class Repository:
 
     @staticmethod
     def _scope(kind: t.Optional[str], set_name: t.Optional[str]) -> str:
+        if kind and kind not in KINDS:
+            raise RunbookError("kind %r is not one of %s" % (kind, ", ".join(KINDS)))
+        if set_name:
+            path_segment("set", set_name)
         if kind and set_name:
             return "%s/%s/" % (kind, set_name)
         if kind:
             return "%s/" % kind
         return ""
 
-    def scan(self, kind: t.Optional[str] = None, set_name: t.Optional[str] = None) -> t.Tuple[t.List[dict], t.List[dict]]:
-        """``(manifests newest first, incomplete backups)`` below the scope."""
+    def scan(self, kind: t.Optional[str] = None, set_name: t.Optional[str] = None,
+             with_uploads: bool = False) -> t.Tuple[t.List[dict], t.List[dict]]:
+        """``(manifests newest first, incomplete backups)`` below the scope.
+
+        A manifest counts only when it matches the path it was found under (see
+        ``_names.trusted_manifest``). With ``with_uploads``, unfinished S3 multipart uploads (a
+        backup killed mid-upload leaves nothing else behind) are reported as incomplete too.
+        """
+        scope = self._scope(kind, set_name)
         groups: t.Dict[t.Tuple[str, str, str], t.List[StoredObject]] = {}
-        for obj in self.backend.list_objects(self._scope(kind, set_name)):
+        for obj in self.backend.list_objects(scope):
             parts = obj.key.split("/")
             if len(parts) != 4 or parts[0] not in KINDS:
                 continue
@@ -630,16 +687,55 @@ class Repository:
         for (group_kind, group_set, backup_id), objects in groups.items():
             if any(o.key.endswith("/" + MANIFEST) for o in objects):
                 try:
-                    manifest = json.loads(self.backend.get_bytes("%s/%s/%s/%s" % (group_kind, group_set, backup_id, MANIFEST)))
+                    manifest = self._load_manifest(group_kind, group_set, backup_id)
+                except RunbookError as exc:
+                    item = self._incomplete(group_kind, group_set, backup_id, objects, exc.msg)
+                    item["_removable"] = False  # maybe a real backup moved by hand: report, never delete
+                    incomplete.append(item)
+                    continue
                 except (ValueError, OSError) as exc:
                     incomplete.append(self._incomplete(group_kind, group_set, backup_id, objects, "unreadable manifest: %s" % exc))
                     continue
                 manifests.append(manifest)
             else:
                 incomplete.append(self._incomplete(group_kind, group_set, backup_id, objects, "no manifest"))
+        if with_uploads:
+            incomplete += self._unfinished_upload_groups(scope, groups)
         manifests.sort(key=lambda m: m["id"], reverse=True)
         incomplete.sort(key=lambda i: i["backup_id"], reverse=True)
         return manifests, incomplete
+
+    def _load_manifest(self, kind: str, set_name: str, backup_id: str) -> dict:
+        key = "%s/%s/%s/%s" % (kind, set_name, backup_id, MANIFEST)
+        data = self.backend.get_bytes(key)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise RunbookError("manifest %s is larger than %d bytes; it is not trusted" % (self.backend.describe(key), MAX_MANIFEST_BYTES))
+        return trusted_manifest(json.loads(data), kind, set_name, backup_id, self.backend.describe(key))
+
+    def _unfinished_upload_groups(self, scope: str, groups: t.Mapping[t.Tuple[str, str, str], t.List[StoredObject]]) -> t.List[dict]:
+        pending: t.Dict[t.Tuple[str, str, str], t.List[UnfinishedUpload]] = {}
+        for upload in self.backend.unfinished_uploads(scope):
+            parts = upload.key.split("/")
+            if len(parts) != 4 or parts[0] not in KINDS:
+                continue
+            group = (parts[0], parts[1], parts[2])
+            if any(o.key == upload.key for o in groups.get(group, [])):
+                continue  # a partial file, already listed with its backup
+            if group in groups and any(o.key.endswith("/" + MANIFEST) for o in groups[group]):
+                continue
+            pending.setdefault(group, []).append(upload)
+        items = []
+        for (kind, set_name, backup_id), uploads in pending.items():
+            objects = groups.get((kind, set_name, backup_id), [])
+            if objects:
+                continue  # listed already as "no manifest"; cleanup aborts its uploads too
+            items.append({"kind": kind, "set": set_name, "backup_id": backup_id,
+                          "reason": "unfinished upload (the backup was interrupted)",
+                          "prefix": self.backend.describe("%s/%s/%s/" % (kind, set_name, backup_id)),
+                          "objects": sorted(u.key.rsplit("/", 1)[-1] for u in uploads),
+                          "stored_size": 0, "modified": isoformat(max(u.started for u in uploads)),
+                          "_keys": []})
+        return items
 
     def _incomplete(self, kind: str, set_name: str, backup_id: str, objects: t.List[StoredObject], reason: str) -> dict:
         return {"kind": kind, "set": set_name, "backup_id": backup_id, "reason": reason,
@@ -655,20 +751,24 @@ class Repository:
 
     def get(self, kind: str, set_name: str, backup_id: t.Optional[str] = None) -> dict:
         """The manifest of ``backup_id`` (the latest complete one when empty); a clear error if none."""
+        self._scope(kind, set_name)
         if not backup_id:
             manifest = self.latest(kind, set_name)
             if manifest is None:
+                self.backend.require_exists()
                 raise RunbookError("no complete %s backup of set %r in %s" % (kind, set_name, self.url))
             return manifest
-        key = "%s/%s/%s/%s" % (kind, set_name, backup_id, MANIFEST)
+        check_backup_id(backup_id)
         try:
-            return json.loads(self.backend.get_bytes(key))
+            return self._load_manifest(kind, set_name, backup_id)
         except (OSError, StreamError, ValueError):
+            self.backend.require_exists()
             raise RunbookError("backup %s of %s set %r not found in %s (or it is incomplete: no manifest)"
                                % (backup_id, kind, set_name, self.url))
 
     def object_key(self, manifest: dict, name: str) -> str:
-        return "%s/%s/%s/%s" % (manifest["kind"], manifest["set"], manifest["id"], name)
+        return "%s/%s/%s/%s" % (manifest["kind"], path_segment("set", manifest["set"]),
+                                check_backup_id(manifest["id"]), path_segment("object name", name))
 
     def read_object(self, manifest: dict, entry: dict, destination: t.Any, identities: t.Sequence[t.Any] = ()) -> dict:
         """Stream one object's plain bytes into ``destination``, checked against the manifest."""
@@ -737,7 +837,7 @@ class Repository:
         incomplete = self.scan(kind, set_name)[1]
         removed_backups = []
         for item in incomplete:
-            if parse_time(item["modified"], "modified") <= limit:
+            if item.get("_removable", True) and parse_time(item["modified"], "modified") <= limit:
                 if not dry_run:
                     self.backend.delete(item["_keys"])
                 removed_backups.append({k: v for k, v in item.items() if not k.startswith("_")})

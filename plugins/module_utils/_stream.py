@@ -121,6 +121,45 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
+class GuardedWriter:
+    """Wraps the destination of a read (a spool file, a restoring program's stdin) and remembers
+    its failure, so that a full spool is reported as the destination's fault, not the backup's."""
+
+    def __init__(self, destination: t.Any) -> None:
+        self.destination = destination
+        self.error: t.Optional[BaseException] = None
+
+    def write(self, data: t.Any) -> int:
+        try:
+            self.destination.write(data)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        flush = getattr(self.destination, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except BaseException as exc:
+                self.error = exc
+                raise
+
+    def writable(self) -> bool:
+        return True
+
+    def failure(self, object_name: str) -> "StreamError":
+        exc = self.error
+        name = getattr(self.destination, "name", None)
+        where = " %s" % name if isinstance(name, str) else ""
+        if isinstance(exc, StreamError):
+            return exc
+        cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return StreamError("write", "writing %s to its destination%s failed: %s (the backup itself is not at fault)"
+                           % (object_name, where, cause))
+
+
 # --------------------------------------------------------------------------- compression
 
 class _GzipReader:
@@ -243,8 +282,15 @@ def recipient_fingerprint(recipient: str) -> str:
     return "sha256:" + hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
 
 
+def _is_key_text(text: str) -> bool:
+    """Key text (not a path): it holds an age secret key line, after any comment lines that
+    ``age-keygen`` writes above it (``# created: ...``, ``# public key: age1...``)."""
+    return any(line.strip().upper().startswith("AGE-SECRET-KEY-") for line in text.splitlines())
+
+
 def load_identities(value: t.Optional[str]) -> t.List[t.Any]:
-    """``encryption_identity``: one or more ``AGE-SECRET-KEY-1...`` lines, or a path to a file of them.
+    """``encryption_identity``: one or more ``AGE-SECRET-KEY-1...`` lines (``#`` comment lines and
+    blank lines allowed, as ``age-keygen`` writes them), or a path to a file of them.
 
     Error messages never repeat the value: it may be a secret key.
     """
@@ -252,19 +298,31 @@ def load_identities(value: t.Optional[str]) -> t.List[t.Any]:
         return []
     pyrage = _import_pyrage()
     text = value.strip()
-    if not text.upper().startswith("AGE-SECRET-KEY-"):
+    if not _is_key_text(text):
+        if "\n" in text or "\x00" in text:
+            raise RunbookError("encryption_identity holds no age secret key (AGE-SECRET-KEY-1... line) and is not a file path")
         path = os.path.expanduser(text)
         if not os.path.isfile(path):
             raise RunbookError("encryption_identity is neither an age secret key nor a readable file")
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(1024 * 1024 + 1)
+        except OSError as exc:
+            raise RunbookError("encryption_identity file %s cannot be read: %s" % (path, exc.strerror or exc))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RunbookError("encryption_identity file %s is not a text file of age secret keys "
+                               "(binary content; an age identity file is text written by age-keygen)" % path)
+        if len(data) > 1024 * 1024:
+            raise RunbookError("encryption_identity file %s is larger than 1 MiB; it is not an age identity file" % path)
     keys = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     identities = []
-    for key in keys:
+    for number, key in enumerate(keys, 1):
         try:
             identities.append(pyrage.x25519.Identity.from_str(key))
         except Exception:
-            raise RunbookError("encryption_identity holds a line that is not an age X25519 secret key")
+            raise RunbookError("encryption_identity: key line %d is not an age X25519 secret key" % number)
     if not identities:
         raise RunbookError("encryption_identity holds no age secret key")
     return identities
@@ -455,7 +513,8 @@ def decode_stream(stored: t.Any, destination: t.Any, compression: str, identitie
     before the bytes are proven (restore with verify_first) verify in a separate pass first.
     """
     counted = CountingReader(stored, stage="read %s" % object_name, hash_bytes=True)
-    plain = decompressing_writer(destination, compression)
+    guarded = GuardedWriter(destination)
+    plain = decompressing_writer(guarded, compression)
     try:
         if encrypted:
             if not identities:
@@ -464,20 +523,30 @@ def decode_stream(stored: t.Any, destination: t.Any, compression: str, identitie
             try:
                 pyrage.decrypt_io(counted, plain, list(identities))
             except pyrage.DecryptError as exc:
+                if guarded.error is not None:
+                    raise guarded.failure(object_name)
                 if "No matching keys" in str(exc):
                     raise RunbookError("%s: encryption_identity does not match any recipient of this backup"
                                        % object_name)
                 raise StreamError("decrypt", "%s: %s" % (object_name, exc))
             except OSError as exc:
-                # The age payload failed authentication (tampered or truncated), or a Python end raised.
+                if guarded.error is not None:
+                    raise guarded.failure(object_name)
+                # The age payload failed authentication (tampered or truncated).
                 raise StreamError("decrypt", "%s: %s (the stored bytes are corrupt or truncated)" % (object_name, exc))
         else:
             pump(counted, plain)
         plain.flush()
-    except StreamError as exc:
+    except (StreamError, OSError, ValueError) as exc:
+        # Bytes that differ from the manifest explain any later failure; else a failed destination
+        # (a full spool, a restoring program that exited) is named, never the backup.
         mismatch = _checksum_problem(counted, expected_sha256, expected_size, object_name)
         if mismatch:
-            raise StreamError("checksum", "%s (%s)" % (mismatch, exc.msg))
+            raise StreamError("checksum", "%s (%s)" % (mismatch, getattr(exc, "msg", None) or exc))
+        if guarded.error is not None:
+            raise guarded.failure(object_name)
+        if not isinstance(exc, StreamError):
+            raise StreamError("decompress", "%s: %s" % (object_name, exc))
         raise
     mismatch = _checksum_problem(counted, expected_sha256, expected_size, object_name)
     if mismatch:

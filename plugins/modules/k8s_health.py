@@ -253,7 +253,7 @@ duration_s:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_health import CHECKS, DEFAULT_EXCLUDE, run_health
 
 
@@ -282,7 +282,7 @@ def main() -> None:
         fail_on=dict(type="str", choices=["never", "warning", "critical"], default="never"),
         now=dict(type="str"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("namespaces", "namespace_selector")])
     run_module(module, run)
 
