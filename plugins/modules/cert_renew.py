@@ -391,7 +391,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._certs import (
     ISSUER_TYPES, KEY_TYPES, SOURCE_TYPES, needs_kubernetes, run_cert_renew,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
 
 
 def run(module: AnsibleModule) -> dict:
@@ -437,7 +437,7 @@ def main() -> None:
         restart_consumers=dict(type="bool", default=False),
         connect_timeout=dict(type="float", default=10),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run)
 
 

@@ -386,7 +386,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
 from ansible_collections.runbook.ops.plugins.module_utils._jwks import ALGORITHMS, rotate
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
 
 
 def run(module: AnsibleModule) -> dict:
@@ -432,7 +432,7 @@ def main() -> None:
         wait_timeout=dict(type="int", default=300),
         now=dict(type="str"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, run)
 
 

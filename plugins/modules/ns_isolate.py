@@ -338,15 +338,14 @@ warnings:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
 from ansible_collections.runbook.ops.plugins.module_utils._isolation import argument_spec, run
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_module
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
-                           required_if=[("state", "isolated", ["incident_id"])])
+    module = k8s_module(argument_spec=argument_spec(), supports_check_mode=True,
+                        required_if=[("state", "isolated", ["incident_id"])])
     run_module(module, run)
 
 
