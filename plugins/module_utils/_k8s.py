@@ -32,6 +32,7 @@ import urllib.parse
 from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, RunbookModule, explain_tls_failure
+from ansible_collections.runbook.ops.plugins.module_utils._names import k8s_name, no_control
 
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_TIMEOUT = 30.0
@@ -164,6 +165,8 @@ def _load_yaml(path: str) -> dict:
             data = yaml.safe_load(handle) or {}
     except OSError as exc:
         raise RunbookError("cannot read kubeconfig %s: %s" % (path, exc.strerror or exc))
+    except UnicodeDecodeError:
+        raise RunbookError("kubeconfig %s is not a text file (binary content)" % path)
     except yaml.YAMLError as exc:
         raise RunbookError("kubeconfig %s is not valid YAML: %s" % (path, exc))
     if not isinstance(data, dict):
@@ -177,6 +180,8 @@ def _kubeconfig_documents(kubeconfig: t.Any) -> t.List[t.Tuple[dict, t.Optional[
     ``~/.kube/config``. Empty when none exists."""
     if isinstance(kubeconfig, dict):
         return [(kubeconfig, None)]
+    if kubeconfig and not isinstance(kubeconfig, str):
+        raise RunbookError("kubeconfig must be a file path or a kubeconfig dictionary, not a %s" % type(kubeconfig).__name__)
     if kubeconfig:
         path = os.path.expanduser(str(kubeconfig))
         if not os.path.exists(path):
@@ -353,7 +358,13 @@ def resolve_settings(params: t.Mapping[str, t.Any]) -> ConnectionSettings:
     if kubeconfig or context or not params.get("host"):
         docs = _kubeconfig_documents(kubeconfig)
         if docs:
-            _from_kubeconfig(settings, docs, context)
+            try:
+                _from_kubeconfig(settings, docs, context)
+            except (AttributeError, TypeError, ValueError) as exc:
+                # A section of the wrong shape (a string where a mapping belongs, bad base64 data).
+                raise RunbookError("kubeconfig %s is malformed: %s (%s)" % (
+                    ", ".join(p or "(inline kubeconfig)" for _doc, p in docs), type(exc).__name__,
+                    "a value has the wrong type or encoding"))
         elif context:
             raise RunbookError("context %r was given but no kubeconfig was found (set kubeconfig or $KUBECONFIG)" % context)
         elif not params.get("host") and not _in_cluster(settings):
@@ -459,9 +470,12 @@ def resource_path(api_version: str, plural: str, namespace: t.Optional[str] = No
                   subresource: t.Optional[str] = None) -> str:
     parts = [api_prefix(api_version)]
     if namespace:
-        parts += ["namespaces", urllib.parse.quote(namespace, safe="")]
+        parts += ["namespaces", urllib.parse.quote(k8s_name("namespace", namespace, label=True), safe="")]
     parts.append(plural)
     if name:
+        # Object names are quoted; "." and ".." would still be resolved as path steps by the server.
+        if name in (".", "..") or not no_control("name", name):
+            raise RunbookError("%r is not a valid Kubernetes object name" % name)
         parts.append(urllib.parse.quote(name, safe=""))
     if subresource:
         parts.append(subresource)

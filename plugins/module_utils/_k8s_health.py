@@ -21,6 +21,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._findings import (
     finding, reaches, sort_findings, summarize, worst,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, K8sForbidden, K8sNotFound
+from ansible_collections.runbook.ops.plugins.module_utils._names import check_params, k8s_namespace
 
 CHECKS = ("workloads", "pods", "services", "pvcs", "events", "certificates", "jobs", "nodes")
 DEFAULT_EXCLUDE = ("kube-system", "kube-public", "kube-node-lease")
@@ -436,6 +437,7 @@ def _unknown(check: str, plural: str, namespace: str, exc: K8sError) -> dict:
 def run_health(client: K8sClient, params: t.Mapping[str, t.Any]) -> dict:
     """Everything ``k8s_health`` returns (plus ``_fail_msg`` when ``fail_on`` is reached)."""
     stopwatch = Stopwatch()
+    check_params(params, {"namespaces": k8s_namespace})
     now = parse_time(params.get("now"), "now")
     th = Thresholds.from_params(params)
     checks = list(dict.fromkeys(params.get("checks") or CHECKS))

@@ -132,6 +132,11 @@ def k8s_name(what: str, value: t.Any, label: bool = False) -> str:
     return text
 
 
+def k8s_namespace(what: str, value: t.Any) -> str:
+    """A namespace name (a DNS label)."""
+    return k8s_name(what, value, label=True)
+
+
 def check_params(params: t.Mapping[str, t.Any], rules: t.Mapping[str, t.Callable[[str, t.Any], t.Any]]) -> None:
     """Apply ``rules`` (option name -> validator) to the options that are set; lists are checked item by item."""
     for option, check in rules.items():
