@@ -18,6 +18,9 @@ options:
         Pod the task runs in is used.
       - Tokens, client certificates, C(tokenFile) and exec credential plugins (EKS, GKE, OIDC helpers) of
         the selected user are supported.
+      - Given as a dictionary, the credentials of its C(users) (tokens, keys, passwords, exec environment
+        values) are masked in every output, including the module arguments shown at C(-vvv), like a
+        C(no_log) option; a path is shown as it is.
       - The environment variable E(K8S_AUTH_KUBECONFIG) is used when this is not set.
     type: raw
   context:
@@ -62,8 +65,8 @@ options:
     aliases: [key_file]
   request_timeout:
     description:
-      - Seconds to wait for each API request. Requests that fail with 429, a 5xx status or a connection
-        error are retried up to three times with a growing delay, where repeating them is safe.
+      - Seconds to wait for each API request, above 0. Requests that fail with 429, a 5xx status or a
+        connection error are retried up to three times with a growing delay, where repeating them is safe.
       - The environment variable E(K8S_AUTH_REQUEST_TIMEOUT) is used when this is not set.
     type: float
     default: 30

@@ -17,6 +17,10 @@ options:
       - V(s3://bucket/prefix) stores them in any S3 API (AWS, MinIO, Ceph, ...). The bucket must exist.
       - The layout is C(<prefix>/<kind>/<set>/<backup_id>/) with the data objects and C(manifest.json),
         which is written last; a backup without a manifest is incomplete and never used for a restore.
+      - A manifest counts only when its C(kind), C(set) and C(id) match the path it is stored under and its
+        object names are plain names; any other is reported as incomplete (not trusted) and never deleted.
+      - Reading a V(file://) repository whose directory does not exist is an error (a mistyped path must not
+        read as "no backups"), as is a missing S3 bucket; the first backup creates the directory.
     type: str
     default: file:///var/backups/runbook
   s3_endpoint_url:
@@ -73,7 +77,8 @@ options:
   encryption_identity:
     description:
       - The age secret key(s) to read encrypted backups, as the key text (V(AGE-SECRET-KEY-1...), one
-        per line) or the path of a file holding them on the managed host.
+        per line; blank lines and C(#) comment lines, as C(age-keygen) writes them, are ignored) or the
+        path of a text file holding them on the managed host.
       - Never shown in output.
     type: str
 """
@@ -84,6 +89,7 @@ options:
     description:
       - The backup set, the name that groups backups of the same thing in the repository
         (C(<kind>/<set>/<backup_id>/)); retention and "latest" work per set.
+      - One path component of at most 200 bytes; slashes, backslashes, control characters and a leading dot are refused.
     type: str
   labels:
     description: Free-form string labels recorded in the manifest and shown by M(runbook.ops.backup_repo).

@@ -16,6 +16,7 @@ description:
     incomplete and never listed, restored or counted by retention.
   - V(verify) re-reads every object and compares its size and sha256 with the manifest; with
     O(encryption_identity) it also proves that the data decrypts and decompresses to the end.
+  - V(list) also reports, as incomplete, S3 multipart uploads that never finished (a backup killed mid-upload).
   - V(prune) applies a retention policy per set with restic C(forget) meaning and never removes the
     newest complete backup of a set. V(cleanup) removes incomplete backups and aborts unfinished S3
     multipart uploads older than O(older_than).
@@ -49,7 +50,9 @@ options:
     description: Only backups of this set (needs O(kind)).
     type: str
   backup_id:
-    description: Only this backup (needs O(kind) and O(set)).
+    description:
+      - Only this backup (needs O(kind) and O(set)).
+      - A backup id as the repository writes them (letters, digits and C(. _ : + -)); anything else is refused.
     type: str
   max_age:
     description:
