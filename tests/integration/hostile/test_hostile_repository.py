@@ -70,7 +70,7 @@ def test_backup_id_never_leaves_the_repository(file_repo, tmp_path, bad_id, stat
     before = tree_snapshot(tmp_path / "outside")
     result = run_module("backup_repo", dict(file_repo, state=state, kind="postgresql", set="app", backup_id=bad_id))
     msg = assert_clean_failure(result)
-    assert "backup_id" in msg
+    assert msg.startswith("backup_id "), msg  # refused by validation, not "not found" after a lookup
     assert "planted" not in json.dumps(result.get("verified", []))
     assert tree_snapshot(tmp_path / "outside") == before
 
@@ -126,7 +126,7 @@ def test_set_never_leaves_its_kind(file_repo, tmp_path, bad_set, state):
         args["retention"] = {"keep_last": 1}
     result = run_module("backup_repo", args)
     msg = assert_clean_failure(result)
-    assert "set" in msg
+    assert msg.startswith("set "), msg
     assert tree_snapshot(outside) == before_outside
     assert tree_snapshot(root) == before_repo
 
