@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os
 import socket
 import ssl
@@ -307,7 +308,7 @@ def request_timeout(value: t.Any) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         raise RunbookError("request_timeout %r is not a number of seconds" % (value,))
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if math.isnan(seconds) or seconds <= 0 or math.isinf(seconds):
         raise RunbookError("request_timeout must be a positive number of seconds, got %r" % (value,))
     return seconds
 

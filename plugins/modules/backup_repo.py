@@ -52,7 +52,7 @@ options:
   backup_id:
     description:
       - Only this backup (needs O(kind) and O(set)).
-      - A backup id as the repository writes them (letters, digits and C(. _ : + -)); anything else is refused.
+      - A backup id as the repository writes them (letters, digits, dots, underscores, colons, plus and minus signs); anything else is refused.
     type: str
   max_age:
     description:

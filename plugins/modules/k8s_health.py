@@ -283,7 +283,7 @@ def main() -> None:
         now=dict(type="str"),
     )
     module = k8s_module(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=[("namespaces", "namespace_selector")])
+                        mutually_exclusive=[("namespaces", "namespace_selector")])
     run_module(module, run)
 
 
