@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,33 @@ def test_object_names_and_sets_are_checked_when_writing(tmp_path):
             with pytest.raises(RunbookError):
                 backup.add_object(bad, _Reader(b"x"))
     assert not (tmp_path / "outside").exists()
+
+
+def _assert_full_disk_failure(result: dict, mount: Path, secrets: t.Sequence[str]) -> None:
+    msg = assert_clean_failure(result, secrets=secrets)
+    assert "No space left on device" in msg, msg
+    assert str(mount) in msg, msg
+    # Nothing left under a final name and no empty backup directories; a retry has room again.
+    leftovers = [p for p in mount.rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+    assert [p for p in mount.rglob("*") if p.is_dir() and p.parent.name == "full"] == []
+
+
+def test_pg_backup_into_a_full_repository_names_the_place_and_commits_nothing(postgres, tiny_filesystem):
+    postgres.psql("DROP DATABASE IF EXISTS diskfull")
+    postgres.psql("CREATE DATABASE diskfull")
+    postgres.psql("CREATE TABLE filler AS SELECT md5(random()::text) || md5(random()::text) AS v "
+                  "FROM generate_series(1, 60000)", db="diskfull")
+    result = run_module("pg_backup", dict(postgres.login, db="diskfull", set="full",
+                                          repository="file://%s" % tiny_filesystem))
+    _assert_full_disk_failure(result, tiny_filesystem, [postgres.password])
+
+
+def test_redis_snapshot_into_a_full_repository_names_the_place_and_commits_nothing(service_factory, tiny_filesystem):
+    from tests.harness.services import RedisServer
+    server = service_factory.add(RedisServer(service_factory.workdir("redis-full"), name="redis-full"))
+    client = server.client()
+    for index in range(64):
+        client.set("filler:%d" % index, os.urandom(32 * 1024))
+    result = run_module("redis_snapshot", dict(server.login, set="full", repository="file://%s" % tiny_filesystem))
+    _assert_full_disk_failure(result, tiny_filesystem, [server.password])
