@@ -12,29 +12,42 @@ class ModuleDocFragment:
 options:
   login_host:
     description:
-      - Host name or IP address of the PostgreSQL server.
+      - Host name or IP address of the PostgreSQL server (one server; a list of hosts, spaces, quotes or C(=)
+        are refused).
       - Empty means a local Unix socket (see O(login_unix_socket)).
     type: str
     default: ''
     aliases: [host]
   login_port:
-    description: TCP port of the server (also the number in the Unix socket's name).
+    description: TCP port of the server (also the number in the Unix socket's name), from 1 to 65535.
     type: int
     default: 5432
     aliases: [port]
   login_user:
-    description: The role to connect as.
+    description: The role to connect as; taken literally, at most 63 bytes, no control characters.
     type: str
     default: postgres
     aliases: [login]
   login_password:
     description:
-      - The role's password. It reaches C(pg_dump) and C(pg_restore) only through a private 0600
-        password file, never their command line or environment, and is never shown in output.
+      - The role's password. It reaches C(pg_dump) and C(pg_restore) only through a libpq password file,
+        never their command line or environment, and is never shown in output. A password holding a NUL,
+        carriage return or newline is refused (a password file cannot carry it).
+      - The password file has one line per connection, naming the real host (for a Unix socket, the socket
+        directory and C(localhost)), port, database and user - never C(*) - so a client program cannot hand
+        the password to any other server, database or role.
+      - On Linux the file is an anonymous memory file (C(memfd_create)) that the client programs open as
+        C(/proc/<module pid>/fd/<n>); it is on no filesystem, only the module's own user (and root) can open
+        it, and it disappears with the module process, so nothing is left even after SIGKILL.
+      - Where memfd is not available, it is a 0600 file in a 0700 directory
+        C(<tmp>/runbook-pg-pass-<uid>/<pid>-<random>/), removed when the task ends; after a kill it remains
+        there until the next run of a PostgreSQL task of the same user on that host removes it (or the
+        temporary directory is cleaned).
     type: str
     default: ''
   login_unix_socket:
-    description: Directory of the server's Unix socket; when set, it is used instead of O(login_host).
+    description:
+      - Directory of the server's Unix socket (an absolute path); when set, it is used instead of O(login_host).
     type: str
     default: ''
     aliases: [unix_socket]
@@ -44,11 +57,11 @@ options:
     default: prefer
     choices: [allow, disable, prefer, require, verify-ca, verify-full]
   ca_cert:
-    description: CA certificate file to verify the server with (libpq's C(sslrootcert)).
+    description: CA certificate file to verify the server with (libpq's C(sslrootcert)); always a file name.
     type: str
     aliases: [ssl_rootcert]
   connect_timeout:
-    description: Seconds to wait for a connection.
+    description: Seconds to wait for a connection, from 1 to 86400.
     type: int
     default: 10
 """

@@ -2,8 +2,23 @@
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How we talk to PostgreSQL: connections (psycopg 3) for catalog work, snapshot-consistent row
-counts, pg_dump/pg_restore argv and environment (passwords only in a 0600 passfile), client/server
-version checks, and the backup / verify / restore flows of ``pg_backup``.
+counts, pg_dump/pg_restore argv and environment, client/server version checks, and the backup /
+verify / restore flows of ``pg_backup``.
+
+Names are data, never connection settings. libpq reads a ``dbname`` that holds ``=`` or starts
+with ``postgresql://`` as a whole connection string (``pg_restore --dbname="host=elsewhere
+dbname=x"`` connects elsewhere). So every option is checked first (:func:`check_options`: no
+control characters, names within PostgreSQL's 63 bytes, numbers in range), and the client
+programs get their connection settings only as one quoted connection string
+(``--dbname=dbname='...' host='...' ...``, see ``_names.conninfo``), in which every value is
+literal. psycopg does the same quoting for its keyword arguments.
+
+Passwords never reach argv or the environment: the client programs read a libpq password file
+with one line scoped to the real host, port, database and user (never ``*``). On Linux that file
+is an anonymous memory file (``memfd_create``) that the child opens as
+``/proc/<our pid>/fd/<n>``; it exists only while this process lives, so nothing is left on disk
+even after SIGKILL. Elsewhere it is a 0600 file in a private directory that is removed on every
+exit path and, after a kill, by the next run (see :class:`PassFile`).
 
 Backup (custom format): one connection opens a REPEATABLE READ transaction and exports its
 snapshot; ``pg_dump -Fc -Z0 --snapshot=...`` streams the database through our compression and
@@ -23,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -30,6 +46,8 @@ import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
+from ansible_collections.runbook.ops.plugins.module_utils._names import (
+    check_params, conninfo, no_control, optional, passfile_field, path_segment, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
     NullSink, StreamError, SubprocessSink, SubprocessSource, decode_stream)
 
@@ -37,8 +55,17 @@ KIND = "postgresql"
 CUSTOM_OBJECT = "database.dump"
 SSL_MODES = ("allow", "disable", "prefer", "require", "verify-ca", "verify-full")
 MAX_IDENTIFIER = 63
+MAX_JOBS = 128
+APPLICATION_NAME = "runbook.ops pg_backup"
 # Client binaries are looked up here (Debian/Ubuntu, RHEL/PGDG, source installs), then in PATH.
 BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql@*/bin")
+# Where the password file lives when memfd is not available: one private directory per user.
+PASSFILE_ROOT_PREFIX = "runbook-pg-pass-"
+# Environment variables the client programs must not inherit: another password or password
+# file, a service definition (which can name another host), server options.
+_DROPPED_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS")
+# A host name or an IP address (v4, v6 with zone): no spaces, quotes, '=', '@', ',' or '/', no leading '-'.
+_HOST_RE = re.compile(r"^[A-Za-z0-9:\[][A-Za-z0-9._:%\[\]-]*$")
 
 
 def connection_argspec() -> dict:
@@ -55,12 +82,103 @@ def connection_argspec() -> dict:
     )
 
 
+# --------------------------------------------------------------------------- option checks
+
+def int_in(what: str, value: t.Any, low: int, high: int, hint: str = "") -> int:
+    """An integer option within ``low..high`` (inclusive)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunbookError("%s %s is not an integer" % (what, shown(value)))
+    if not low <= value <= high:
+        raise RunbookError("%s=%d is out of range: it must be from %d to %d%s"
+                           % (what, value, low, high, "; " + hint if hint else ""))
+    return value
+
+
+def login_host(what: str, value: t.Any) -> str:
+    """One host name or IP address (a directory means a Unix socket, as in libpq)."""
+    text = no_control(what, value)
+    if text.startswith("/"):
+        return unix_socket_dir(what, text)
+    if len(text) > 253 or not _HOST_RE.match(text):
+        raise RunbookError("%s %s is not a host name or IP address (one server; letters, digits and . - : only)"
+                           % (what, shown(text)))
+    return text
+
+
+def unix_socket_dir(what: str, value: t.Any) -> str:
+    """The directory of a server's Unix socket: an absolute path, one server."""
+    text = no_control(what, value)
+    if not text.startswith("/"):
+        raise RunbookError("%s %s is not an absolute directory path (the directory holding the server's "
+                           ".s.PGSQL.<port> socket)" % (what, shown(text)))
+    if "," in text:
+        raise RunbookError("%s %s names more than one socket directory; give one server" % (what, shown(text)))
+    return text
+
+
+def password_text(what: str, value: t.Any) -> str:
+    """A password: any text a password file line can hold. The message never shows it."""
+    if not isinstance(value, str):
+        raise RunbookError("%s is not a string" % what)
+    if any(char in value for char in "\x00\r\n"):
+        raise RunbookError("%s holds a NUL, carriage return or newline character, which a libpq password "
+                           "file (and the server's protocol) cannot carry" % what)
+    return value
+
+
+def pattern_text(what: str, value: t.Any) -> str:
+    """A pg_dump table or schema pattern: text without control characters."""
+    return no_control(what, value)
+
+
+def option_rules() -> t.Dict[str, t.Callable[[str, t.Any], t.Any]]:
+    """Validators of every user-given name and connection option of ``pg_backup`` (see ``_names.check_params``)."""
+    from ansible_collections.runbook.ops.plugins.module_utils._repository import name_rules
+    rules: t.Dict[str, t.Callable[[str, t.Any], t.Any]] = dict(name_rules())
+    rules.update(
+        db=pg_name, target_db=optional(pg_name), role=optional(pg_name), login_user=pg_name,
+        login_host=login_host, login_unix_socket=unix_socket_dir, login_password=password_text,
+        ca_cert=no_control,
+        schemas=pattern_text, exclude_schemas=pattern_text, tables=pattern_text, exclude_tables=pattern_text,
+        exclude_table_data=pattern_text,
+    )
+    return rules
+
+
+def check_numbers(params: t.Mapping[str, t.Any]) -> None:
+    """Ports, timeouts, job counts and compression settings within what the tools accept."""
+    if params.get("login_port") is not None:
+        int_in("login_port", params["login_port"], 1, 65535)
+    if params.get("connect_timeout") is not None:
+        int_in("connect_timeout", params["connect_timeout"], 1, 86400, "0 would wait forever")
+    if params.get("jobs") is not None:
+        int_in("jobs", params["jobs"], 1, MAX_JOBS)
+    algorithm = params.get("compression") or "zstd"
+    if params.get("compression_level") is not None and algorithm != "none":
+        low, high = (1, 22) if algorithm == "zstd" else (1, 9)
+        int_in("compression_level", params["compression_level"], low, high, "for %s" % algorithm)
+    if params.get("compression_threads") is not None:
+        int_in("compression_threads", params["compression_threads"], 0, 256, "0 uses every core")
+
+
+def check_options(params: t.Mapping[str, t.Any]) -> None:
+    """Every check of ``pg_backup``'s options, before anything connects or reads the repository."""
+    check_params(params, option_rules())
+    check_numbers(params)
+    if not params.get("set"):
+        try:
+            path_segment("set", params["db"])
+        except RunbookError as exc:
+            raise RunbookError("db %s cannot name the backup set (the set defaults to db): %s; set the option "
+                               "set to a plain name" % (shown(params["db"]), exc.msg))
+
+
 # --------------------------------------------------------------------------- connection settings
 
 class Conn:
-    """Connection settings for one server; builds psycopg kwargs and the libpq environment."""
+    """Connection settings for one server; builds psycopg kwargs and the client programs' connection string."""
 
-    def __init__(self, params: dict) -> None:
+    def __init__(self, params: t.Mapping[str, t.Any]) -> None:
         self.host = params.get("login_unix_socket") or params.get("login_host") or ""
         self.port = int(params.get("login_port") or 5432)
         self.user = params.get("login_user") or "postgres"
@@ -75,16 +193,26 @@ class Conn:
             return "%s (unix socket %s)" % (self.port, self.host or "default directory")
         return "%s:%d" % (self.host, self.port)
 
-    def kwargs(self, dbname: str) -> dict:
+    def settings(self, dbname: str) -> dict:
+        """libpq keywords for ``dbname`` on this server, without the password."""
         args: dict = dict(dbname=dbname, user=self.user, port=self.port, sslmode=self.ssl_mode,
-                          connect_timeout=self.connect_timeout, application_name="runbook.ops pg_backup")
+                          connect_timeout=self.connect_timeout, application_name=APPLICATION_NAME)
         if self.host:
             args["host"] = self.host
-        if self.password:
-            args["password"] = self.password
         if self.ca_cert:
             args["sslrootcert"] = self.ca_cert
         return args
+
+    def kwargs(self, dbname: str) -> dict:
+        """psycopg keyword arguments; psycopg quotes every value, so ``dbname`` stays a literal name."""
+        args = self.settings(dbname)
+        if self.password:
+            args["password"] = self.password
+        return args
+
+    def conninfo(self, dbname: str) -> str:
+        """The ``--dbname`` value for pg_dump and pg_restore: every setting quoted, so the name is literal."""
+        return conninfo(self.settings(dbname))
 
     def connect(self, dbname: str, autocommit: bool = True) -> t.Any:
         try:
@@ -93,7 +221,7 @@ class Conn:
             raise RunbookError("the psycopg (version 3) Python package is required (pip install 'psycopg[binary]')")
         try:
             return psycopg.connect(autocommit=autocommit, **self.kwargs(dbname))
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             text = str(exc).strip()
             if "does not exist" in text and "database" in text:
                 raise RunbookError('database "%s" does not exist on %s' % (dbname, self.where))
@@ -115,56 +243,143 @@ def _last_line(text: str) -> str:
     return "; ".join(lines[-2:]) if lines else text
 
 
-class ClientEnv:
-    """The libpq environment for pg_dump/pg_restore: the password goes into a 0600 passfile in a
-    private directory (never argv, never the environment), removed on every exit path."""
+def passfile_lines(conn: Conn, dbname: str) -> str:
+    """The password file for one connection: host, port, database and user are the real ones.
 
-    def __init__(self, conn: Conn, spool_dir: t.Optional[str] = None) -> None:
+    libpq matches the host field against the ``host`` it connects to; for a Unix socket that is
+    the socket directory, except libpq's compiled-in default directory (and no host at all),
+    which it matches as ``localhost``; a socket connection gets both lines.
+    """
+    hosts = [conn.host] if conn.host else []
+    if not conn.host or conn.host.startswith("/"):
+        hosts.append("localhost")
+    fields = (str(conn.port), dbname, conn.user, conn.password)
+    return "".join(":".join(passfile_field(value) for value in (host,) + fields) + "\n" for host in hosts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PassFile:
+    """A libpq password file that the client programs read as ``path``.
+
+    With memfd (Linux): an anonymous 0600 memory file, reached by the children through
+    ``/proc/<pid>/fd/<n>`` (each open starts at offset 0, so pg_dump's and pg_restore's parallel
+    workers read it too). It has no name on any filesystem and disappears with this process,
+    even on SIGKILL.
+
+    Without it: a 0600 file in ``<tmp>/runbook-pg-pass-<uid>/<pid>-<random>/`` (0700), removed
+    on close; a directory left by a killed run (its pid is gone) is removed by the next one.
+    """
+
+    def __init__(self, text: str, use_memfd: bool = True, root: t.Optional[str] = None) -> None:
+        self.fd: t.Optional[int] = None
+        self.directory: t.Optional[str] = None
+        if use_memfd and self._memfd(text):
+            return
+        self._file(text, root or os.path.join(tempfile.gettempdir(), "%s%d" % (PASSFILE_ROOT_PREFIX, os.geteuid())))
+
+    def _memfd(self, text: str) -> bool:
+        if not hasattr(os, "memfd_create"):
+            return False
+        try:
+            fd = os.memfd_create("runbook-pgpass", getattr(os, "MFD_CLOEXEC", 1))
+        except OSError:
+            return False
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode("utf-8"))
+            path = "/proc/%d/fd/%d" % (os.getpid(), fd)
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != 0o600:
+                raise OSError("not a private regular file")
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd, self.path, self.kind = fd, path, "memfd"
+        return True
+
+    def _file(self, text: str, root: str) -> None:
+        try:
+            try:
+                os.mkdir(root, 0o700)
+            except FileExistsError:
+                pass
+            info = os.lstat(root)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+                raise RunbookError("%s is not a private directory of this user (0700, ours, not a link); "
+                                   "remove it so the PostgreSQL password file can be kept there" % root)
+            sweep_passfiles(root)
+            self.directory = tempfile.mkdtemp(prefix="%d-" % os.getpid(), dir=root)
+            self.path = os.path.join(self.directory, "pgpass")
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            self.close()
+            raise RunbookError("cannot write the PostgreSQL password file under %s: %s" % (root, exc.strerror or exc))
+        self.kind = "file"
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+
+def sweep_passfiles(root: str) -> t.List[str]:
+    """Remove the password-file directories under ``root`` whose process is gone (killed runs)."""
+    removed = []
+    for entry in os.listdir(root):
+        head = entry.split("-", 1)[0]
+        if head.isdigit() and not _pid_alive(int(head)):
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+class ClientEnv:
+    """What pg_dump and pg_restore get for one database: the ``--dbname`` connection string and an
+    environment whose only secret-bearing entry is ``PGPASSFILE`` (see :class:`PassFile`), closed
+    on every exit path."""
+
+    def __init__(self, conn: Conn, dbname: str, use_memfd: bool = True) -> None:
         self.conn = conn
-        self.spool_dir = spool_dir
-        self.tmpdir: t.Optional[str] = None
+        self.dbname = dbname
+        self.use_memfd = use_memfd
+        self.passfile: t.Optional[PassFile] = None
 
     def __enter__(self) -> "ClientEnv":
         return self
 
-    def env(self, dbname: str) -> dict:
-        env = dict(os.environ)
-        for name in ("PGPASSWORD", "PGSERVICE", "PGOPTIONS"):
-            env.pop(name, None)
-        env.update(PGDATABASE=dbname, PGUSER=self.conn.user, PGPORT=str(self.conn.port),
-                   PGSSLMODE=self.conn.ssl_mode, PGCONNECT_TIMEOUT=str(self.conn.connect_timeout),
-                   PGAPPNAME="runbook.ops pg_backup")
-        if self.conn.host:
-            env["PGHOST"] = self.conn.host
-        if self.conn.ca_cert:
-            env["PGSSLROOTCERT"] = self.conn.ca_cert
+    @property
+    def dbname_arg(self) -> str:
+        return "--dbname=%s" % self.conn.conninfo(self.dbname)
+
+    def env(self) -> dict:
+        env = {key: value for key, value in os.environ.items() if key not in _DROPPED_ENV}
         if self.conn.password:
-            env["PGPASSFILE"] = self._passfile()
+            if self.passfile is None:
+                self.passfile = PassFile(passfile_lines(self.conn, self.dbname), use_memfd=self.use_memfd)
+            env["PGPASSFILE"] = self.passfile.path
         return env
 
-    def _passfile(self) -> str:
-        if self.tmpdir is None:
-            self.tmpdir = tempfile.mkdtemp(prefix="runbook-pg-")
-            os.chmod(self.tmpdir, 0o700)
-        path = os.path.join(self.tmpdir, "pgpass")
-        if not os.path.exists(path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write("*:*:*:*:%s\n" % passfile_escape(self.conn.password))
-        return path
-
     def close(self) -> None:
-        if self.tmpdir:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
+        if self.passfile is not None:
+            self.passfile.close()
+            self.passfile = None
 
     def __exit__(self, *exc: t.Any) -> None:
         self.close()
-
-
-def passfile_escape(value: str) -> str:
-    """A password as a .pgpass field: backslash and colon escaped."""
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def quote_ident(name: str) -> str:
@@ -430,33 +645,34 @@ def role_exists(cur: t.Any, name: str) -> bool:
     return cur.fetchone() is not None
 
 
+def _head(name: str, room: int) -> str:
+    """The first ``room`` bytes of ``name`` in UTF-8, never cutting a character."""
+    return name.encode("utf-8")[:max(0, room)].decode("utf-8", "ignore")
+
+
 def scratch_name(base: str, tag: str) -> str:
-    """``<base>_<tag>_<random>`` within PostgreSQL's 63-byte identifier limit."""
+    """``<base>_<tag>_<random>`` within PostgreSQL's 63-byte identifier limit (counted in bytes)."""
     suffix = "_%s_%s" % (tag, secrets.token_hex(3))
-    return base[:MAX_IDENTIFIER - len(suffix)] + suffix
+    return _head(base, MAX_IDENTIFIER - len(suffix)) + suffix
 
 
 def previous_name(target: str, backup_id: str) -> str:
     """``<target>_pre_<backup_id>``; a long target name is shortened (never the backup id, which
     says what the previous database was replaced by) to fit PostgreSQL's 63-byte limit."""
     suffix = "_pre_%s" % backup_id
-    room = MAX_IDENTIFIER - len(suffix.encode())
-    head = target.encode()[:room].decode("utf-8", "ignore")
-    return head + suffix
+    return _head(target, MAX_IDENTIFIER - len(suffix.encode())) + suffix
 
 
 # --------------------------------------------------------------------------- pg_restore
 
-def restore_argv(pg_restore: str, fmt: str, dbname: t.Optional[str], jobs: int = 1, clean: bool = False,
+def restore_argv(pg_restore: str, fmt: str, dbname_arg: t.Optional[str], jobs: int = 1, clean: bool = False,
                  no_owner: bool = False, role: t.Optional[str] = None, path: t.Optional[str] = None,
                  single_transaction: bool = False) -> t.List[str]:
-    """``pg_restore`` argv: no connection secrets (those are in the environment / passfile)."""
+    """``pg_restore`` argv: ``dbname_arg`` is ``ClientEnv.dbname_arg`` (a quoted connection string,
+    no password), or None to read the archive into ``/dev/null``."""
     argv = [pg_restore, "--format=%s" % ("directory" if fmt == "directory" else "custom"), "--exit-on-error",
             "--no-password"]
-    if dbname is None:
-        argv.append("--file=/dev/null")
-    else:
-        argv.append("--dbname=%s" % dbname)
+    argv.append("--file=/dev/null" if dbname_arg is None else dbname_arg)
     if jobs > 1:
         argv.append("--jobs=%d" % jobs)
     if clean:
@@ -473,9 +689,12 @@ def restore_argv(pg_restore: str, fmt: str, dbname: t.Optional[str], jobs: int =
 
 
 def dump_argv(pg_dump: str, fmt: str, snapshot: t.Optional[str], filters: dict, jobs: int = 1,
-              path: t.Optional[str] = None) -> t.List[str]:
-    """``pg_dump`` argv: uncompressed (-Z0; our zstd is multi-threaded), no secrets."""
+              path: t.Optional[str] = None, dbname_arg: t.Optional[str] = None) -> t.List[str]:
+    """``pg_dump`` argv: uncompressed (-Z0; our zstd is multi-threaded), no secrets; ``dbname_arg``
+    is ``ClientEnv.dbname_arg``."""
     argv = [pg_dump, "--format=%s" % fmt, "--compress=0", "--no-password"]
+    if dbname_arg:
+        argv.append(dbname_arg)
     if snapshot:
         argv.append("--snapshot=%s" % snapshot)
     if fmt == "directory":
@@ -583,13 +802,14 @@ class PgBackup:
     """One task of ``pg_backup``; ``params`` are the module's options."""
 
     def __init__(self, params: dict, check_mode: bool = False, warn: t.Callable[[str], None] = lambda m: None) -> None:
+        check_options(params)
         self.params = params
         self.check_mode = check_mode
         self.warn = warn
         self.conn = Conn(params)
         self.db = params["db"]
         self.set = params.get("set") or self.db
-        self.jobs = max(1, int(params.get("jobs") or 1))
+        self.jobs = int(params.get("jobs") or 1)
         self.spool_dir = params.get("spool_dir")
         self.filters = {key: params.get(key) or [] for key in
                         ("schemas", "exclude_schemas", "tables", "exclude_tables", "exclude_table_data")}
@@ -657,13 +877,13 @@ class PgBackup:
                 result["diff"] = {"before": {"latest_backup": previous_latest},
                                   "after": {"latest_backup": "(new backup of %s)" % self.db}}
                 return result
-            with ClientEnv(self.conn) as client:
-                env = client.env(self.db)
+            with ClientEnv(self.conn, self.db) as client:
+                env = client.env()
                 with self.repo.new_backup(KIND, self.set, self.params.get("labels")) as writer:
                     counts = _CountThread(cur, with_data)
                     if fmt == "custom":
                         # pg_dump imports the snapshot at start; the counts run in it meanwhile.
-                        argv = dump_argv(pg_dump, "custom", snapshot, self.filters)
+                        argv = dump_argv(pg_dump, "custom", snapshot, self.filters, dbname_arg=client.dbname_arg)
                         with SubprocessSource(argv, env=env, name="pg_dump") as source:
                             counts.start()
                             writer.add_object(CUSTOM_OBJECT, source.stdout, compression=comp["algorithm"],
@@ -672,7 +892,7 @@ class PgBackup:
                             source.finish()
                     else:
                         counts.start()
-                        self._dump_directory(writer, pg_dump, snapshot, env, comp, recipients)
+                        self._dump_directory(writer, pg_dump, snapshot, client, comp, recipients)
                     row_counts = counts.result(self.db, self.conn.where)
                     cur.execute("COMMIT")
                     source_facts = {"host": self.conn.host or "local socket", "port": self.conn.port,
@@ -694,12 +914,13 @@ class PgBackup:
         result["diff"] = {"before": {"latest_backup": previous_latest}, "after": {"latest_backup": manifest["id"]}}
         return result
 
-    def _dump_directory(self, writer: t.Any, pg_dump: str, snapshot: str, env: dict, comp: dict,
+    def _dump_directory(self, writer: t.Any, pg_dump: str, snapshot: str, client: ClientEnv, comp: dict,
                         recipients: t.Sequence[str]) -> None:
         with Spool(self.spool_dir, "dump") as spool:
             path = os.path.join(spool.path, "dump")
-            argv = dump_argv(pg_dump, "directory", snapshot, self.filters, jobs=self.jobs, path=path)
-            proc = subprocess.run(argv, env=env, capture_output=True, check=False, stdin=subprocess.DEVNULL)
+            argv = dump_argv(pg_dump, "directory", snapshot, self.filters, jobs=self.jobs, path=path,
+                             dbname_arg=client.dbname_arg)
+            proc = subprocess.run(argv, env=client.env(), capture_output=True, check=False, stdin=subprocess.DEVNULL)
             if proc.returncode != 0:
                 raise StreamError("pg_dump", "pg_dump exited with status %d: %s"
                                   % (proc.returncode, proc.stderr.decode("utf-8", "replace").strip()[-2000:]))
@@ -766,13 +987,13 @@ class PgBackup:
         fmt = manifest.get("format", "custom")
         jobs = self.jobs
 
-        def argv_for(path: t.Optional[str]) -> t.List[str]:
-            return restore_argv(pg_restore, fmt, dbname, jobs=jobs if path else 1, clean=clean,
-                                no_owner=bool(self.params.get("no_owner")), role=self.params.get("role"),
-                                path=path, single_transaction=clean)
+        with ClientEnv(self.conn, dbname) as client:
+            def argv_for(path: t.Optional[str]) -> t.List[str]:
+                return restore_argv(pg_restore, fmt, client.dbname_arg, jobs=jobs if path else 1, clean=clean,
+                                    no_owner=bool(self.params.get("no_owner")), role=self.params.get("role"),
+                                    path=path, single_transaction=clean)
 
-        with ClientEnv(self.conn) as client:
-            stream_restore(self.repo, manifest, identities, argv_for, client.env(dbname), jobs, self.spool_dir)
+            stream_restore(self.repo, manifest, identities, argv_for, client.env(), jobs, self.spool_dir)
 
     def _count_in(self, dbname: str, manifest: dict) -> t.List[str]:
         expected = manifest.get("postgresql", {}).get("row_counts") or {}
@@ -853,6 +1074,10 @@ class PgBackup:
             cur = connection.cursor()
             pg_restore = self._pg_restore(manifest, server["server_major"])
             exists = database_exists(cur, target)
+            role = self.params.get("role")
+            if role and not role_exists(cur, role):
+                raise RunbookError('restore: role "%s" (option role, which pg_restore switches to) does not exist on %s; '
+                                   'database "%s" was not touched' % (role, self.conn.where, target))
             previous = None
             if mode == "new" and exists:
                 raise RunbookError('restore mode=new: database "%s" already exists on %s; choose another '

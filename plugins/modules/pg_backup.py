@@ -19,7 +19,12 @@ description:
   - V(verify) checks a backup at one of three levels; V(restore) restores it into a new database, into the
     existing one (V(clean)), or into a temporary database that replaces the target only after its row
     counts matched the manifest (V(swap)).
-  - Passwords reach C(pg_dump) and C(pg_restore) only through a 0600 password file, never argv.
+  - Passwords reach C(pg_dump) and C(pg_restore) only through a libpq password file, never argv or the
+    environment; see O(login_password) for where that file lives and what remains after a kill.
+  - Database and role names are always names. The client programs receive their connection settings as one
+    quoted connection string, so a name holding C(=) or starting with C(postgresql://) is never read as
+    other settings (another host, another database); a restore into O(target_db=dbname=other) creates a
+    database literally named C(dbname=other).
   - The C(pg_dump)/C(pg_restore) of the server's major version (or newer) is looked up in
     C(/usr/lib/postgresql/*/bin), C(/usr/pgsql-*/bin), C(/usr/local/pgsql/bin) and E(PATH); an older
     one is a clear error.
@@ -51,7 +56,11 @@ attributes:
     description: V(backup) shows the latest backup id before and after; V(restore) the target database and the kept previous one.
 options:
   db:
-    description: The database to back up, and the source whose set is restored or verified.
+    description:
+      - The database to back up, and the source whose set is restored or verified.
+      - Taken literally. Refused when it holds a control character or is longer than 63 bytes (PostgreSQL
+        would silently truncate it to another name). When O(set) is empty the set is O(db), which must then
+        also be a valid set name (no C(/), no leading dot).
     type: str
     required: true
   state:
@@ -69,7 +78,8 @@ options:
     default: custom
   jobs:
     description:
-      - Parallel C(pg_dump) jobs for O(format=directory), and parallel C(pg_restore) jobs for V(restore).
+      - Parallel C(pg_dump) jobs for O(format=directory), and parallel C(pg_restore) jobs for V(restore);
+        from 1 to 128.
       - A restore with more than one job spools the decrypted archive to O(spool_dir) first, because
         C(pg_restore) cannot run in parallel from a pipe.
     type: int
@@ -108,7 +118,9 @@ options:
     description: For V(restore) and V(verify), the backup to use; empty means the latest complete backup of the set.
     type: str
   target_db:
-    description: For V(restore), the database to restore into; empty means O(db).
+    description:
+      - For V(restore), the database to restore into; empty means O(db).
+      - Taken literally, with the limits of O(db).
     type: str
   mode:
     description:
@@ -132,7 +144,9 @@ options:
     type: bool
     default: false
   role:
-    description: Role name C(pg_restore) switches to (C(SET ROLE)) before restoring.
+    description:
+      - Role name C(pg_restore) switches to (C(SET ROLE)) before restoring; taken literally, at most 63 bytes.
+      - It must exist on the server; otherwise the restore fails before any database is touched.
     type: str
   verify_first:
     description:
@@ -165,6 +179,13 @@ notes:
   - The S3 part size grows with the stream, so a database of several TiB fits in one multipart upload;
     a failed upload is aborted and no manifest is written, so the failed backup never counts.
   - O(format=custom) with O(jobs=1) restores straight from the stored stream into C(pg_restore).
+  - What a killed run (SIGKILL, a lost host) leaves behind - the password file is never among it on Linux
+    (see O(login_password)). A spool directory C(runbook-pg-dump-*), C(runbook-pg-restore-*) or
+    C(runbook-pg-verify-*) under O(spool_dir) (unencrypted dump data; remove it); a temporary database
+    C(<target_db>_restore_<random>) or C(<db>_verify_<random>) on the server (drop it); and, for a backup,
+    an object without a manifest in the repository, which never counts as a backup and is reported as
+    incomplete by M(runbook.ops.backup_repo). A kill in the instant between the two renames of O(mode=swap)
+    leaves the live database under its C(<target_db>_pre_<backup_id>) name; rename it back.
 seealso:
   - module: runbook.ops.backup_repo
 """

@@ -189,6 +189,9 @@ def test_clear_errors(postgres, tmp_path, source_db):
     repository = {"repository": "file://%s" % (tmp_path / "repo")}
     missing = _run(_args(postgres, repository, "no_such_db_x"))
     assert missing.get("failed") and 'database "no_such_db_x" does not exist on 127.0.0.1:%d' % postgres.port in missing["msg"]
+    no_repo = _run(_args(postgres, repository, source_db, state="restore"))
+    assert no_repo.get("failed") and "does not exist" in no_repo["msg"] and "repository" in no_repo["msg"]
+    (tmp_path / "repo").mkdir()
     nothing = _run(_args(postgres, repository, source_db, state="restore"))
     assert nothing.get("failed") and "no complete postgresql backup" in nothing["msg"]
     bad_jobs = _run(_args(postgres, repository, source_db, jobs=2))

@@ -1,10 +1,14 @@
 """pg_backup under real faults: the server killed mid-dump, S3 killed mid-upload, a flipped byte,
-a wrong identity, a swap with live sessions, and no password in any argv or -vvvv output."""
+a wrong identity, a swap with live sessions, no password in any argv or -vvvv output, and none
+left on disk when the module is killed."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import typing as t
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.collection import run_module, run_playbook
+from tests.harness.collection import ansible_env, run_module, run_playbook
 from tests.harness.process import ServiceError
 from tests.harness.services import MotoS3Server, PostgresServer
 from tests.integration.test_pg_backup_support import create_source, databases, fingerprint
@@ -293,3 +297,82 @@ def test_no_password_in_argv_or_verbose_output(service_factory, tmp_path):
     assert "argv_copy" in proc.stdout and "no_such_database" in proc.stdout
     assert password not in proc.stdout
     assert Path(tmp_path / "repo").exists()
+
+
+def _children(parent: int) -> t.List[t.Tuple[int, bytes]]:
+    found = []
+    for pid, cmd in _processes():
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as handle:
+                ppid = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            found.append((pid, cmd))
+    return found
+
+
+def _files_holding(root: Path, needle: bytes) -> t.List[str]:
+    hits = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as handle:
+                    if needle in handle.read():
+                        hits.append(path)
+            except OSError:
+                continue
+    return hits
+
+
+def test_sigkill_leaves_no_password_behind(postgres, tmp_path):
+    """SIGKILL the module while pg_dump runs (held on a table lock): no file under the module's
+    temporary directory holds the password, and pg_dump never had it in argv or environment."""
+    import psycopg
+    db = "killed_%s" % uuid.uuid4().hex[:6]
+    postgres.psql('CREATE DATABASE "%s"' % db)
+    postgres.psql("CREATE TABLE held (n int); INSERT INTO held VALUES (1)", db=db)
+    holder = psycopg.connect(host=postgres.host, port=postgres.port, user=postgres.user, password=postgres.password,
+                             dbname=db)
+    holder.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+    module_tmp = tmp_path / "tmp"
+    module_tmp.mkdir()
+    args_file = tmp_path / "args.json"  # holds the password itself: kept outside the scanned directory
+    payload = _args(postgres, {"repository": "file://%s" % (tmp_path / "repo")}, db, compression="none")
+    payload.update(_ansible_check_mode=False, _ansible_diff=False, _ansible_tmpdir=str(module_tmp))
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": payload}))
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, "-m", "ansible_collections.runbook.ops.plugins.modules.pg_backup", str(args_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=ansible_env({"TMPDIR": str(module_tmp)}))
+    needle = postgres.password.encode()
+    try:
+        dumps: t.List[t.Tuple[int, bytes]] = []
+
+        def dumping() -> bool:
+            dumps[:] = [c for c in _children(proc.pid) if os.path.basename(c[1].split(b"\0")[0]) == b"pg_dump"]
+            return bool(dumps) and postgres.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND query LIKE 'LOCK TABLE %%' "
+                "AND wait_event_type = 'Lock'" % db) != "0"
+
+        _wait(dumping, timeout=60, what="pg_dump to wait on the table lock")
+        pid, cmdline = dumps[0]
+        assert needle not in cmdline
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            environ = handle.read()
+        assert needle not in environ
+        passfile = [v for v in environ.split(b"\0") if v.startswith(b"PGPASSFILE=")]
+        assert passfile, "pg_dump got no password file"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        holder.close()
+    assert _files_holding(module_tmp, needle) == []
+    assert _files_holding(Path("/dev/shm"), needle) == []
+    location = passfile[0].split(b"=", 1)[1].decode()
+    assert not os.path.exists(location), "the password file %s outlived the module" % location
+    postgres.psql('DROP DATABASE "%s" WITH (FORCE)' % db)

@@ -1,16 +1,18 @@
-"""Pure logic of _postgres: pg_dump pattern matching, argv and environment building, version checks."""
+"""Pure logic of _postgres: pg_dump pattern matching, argv and environment building, the password
+file, option checks, version checks."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._postgres import (
-    ClientEnv, Conn, choose_binary, compare_counts, dump_argv, matches, parse_client_version, passfile_escape,
-    previous_name, quote_ident, restore_argv, scratch_name, select_tables)
+    ClientEnv, Conn, PassFile, check_options, choose_binary, compare_counts, dump_argv, matches, parse_client_version,
+    passfile_lines, previous_name, quote_ident, restore_argv, scratch_name, select_tables, sweep_passfiles)
 
 LOGIN = {"login_host": "db.example.internal", "login_port": 6543, "login_user": "backup",
          "login_password": "s3cr:et\\pw", "ssl_mode": "require", "ca_cert": "/etc/ca.pem", "connect_timeout": 7}
@@ -55,8 +57,9 @@ def test_select_tables_like_pg_dump():
 
 
 def test_dump_argv_has_filters_and_no_secret():
-    argv = dump_argv("/usr/bin/pg_dump", "custom", "00000003-1", {"schemas": ["public"], "exclude_table_data": ["logs*"]})
-    assert argv[:4] == ["/usr/bin/pg_dump", "--format=custom", "--compress=0", "--no-password"]
+    argv = dump_argv("/usr/bin/pg_dump", "custom", "00000003-1", {"schemas": ["public"], "exclude_table_data": ["logs*"]},
+                     dbname_arg="--dbname=dbname='shop'")
+    assert argv[:5] == ["/usr/bin/pg_dump", "--format=custom", "--compress=0", "--no-password", "--dbname=dbname='shop'"]
     assert "--snapshot=00000003-1" in argv and "--schema=public" in argv and "--exclude-table-data=logs*" in argv
     directory = dump_argv("pg_dump", "directory", None, {}, jobs=3, path="/spool/dump")
     assert "--jobs=3" in directory and "--file=/spool/dump" in directory
@@ -64,42 +67,103 @@ def test_dump_argv_has_filters_and_no_secret():
 
 
 def test_restore_argv():
-    stream = restore_argv("pg_restore", "custom", "target", clean=True, single_transaction=True, no_owner=True,
-                          role="owner")
-    assert "--dbname=target" in stream and "--clean" in stream and "--if-exists" in stream
+    stream = restore_argv("pg_restore", "custom", "--dbname=dbname='target'", clean=True, single_transaction=True,
+                          no_owner=True, role="owner")
+    assert "--dbname=dbname='target'" in stream and "--clean" in stream and "--if-exists" in stream
     assert "--single-transaction" in stream and "--no-owner" in stream and "--role=owner" in stream
     assert "--exit-on-error" in stream and not any(a.startswith("--jobs") for a in stream)
-    parallel = restore_argv("pg_restore", "directory", "t", jobs=4, path="/spool/x", single_transaction=True)
+    parallel = restore_argv("pg_restore", "directory", "--dbname=x", jobs=4, path="/spool/x", single_transaction=True)
     assert "--jobs=4" in parallel and "--format=directory" in parallel and parallel[-1] == "/spool/x"
     assert "--single-transaction" not in parallel  # pg_restore refuses it with --jobs
     check = restore_argv("pg_restore", "custom", None)
     assert "--file=/dev/null" in check and not any(a.startswith("--dbname") for a in check)
 
 
-def test_client_env_uses_a_private_passfile():
+def test_client_env_quotes_every_setting_and_keeps_the_password_out():
     conn = Conn(LOGIN)
-    with ClientEnv(conn) as client:
-        env = client.env("shop")
-        assert LOGIN["login_password"] not in "".join(env.values())
-        assert "PGPASSWORD" not in env
-        assert env["PGHOST"] == "db.example.internal" and env["PGPORT"] == "6543" and env["PGUSER"] == "backup"
-        assert env["PGSSLMODE"] == "require" and env["PGSSLROOTCERT"] == "/etc/ca.pem"
-        assert env["PGDATABASE"] == "shop" and env["PGCONNECT_TIMEOUT"] == "7"
+    with ClientEnv(conn, "host=evil port=1 dbname=x") as client:
+        env = client.env()
+        assert LOGIN["login_password"] not in "".join(env.values()) + client.dbname_arg
+        assert "PGPASSWORD" not in env and "PGSERVICE" not in env
         assert "PATH" in env  # extends the environment, never replaces it
+        assert client.dbname_arg == (
+            "--dbname=dbname='host=evil port=1 dbname=x' user='backup' port='6543' sslmode='require' "
+            "connect_timeout='7' application_name='runbook.ops pg_backup' host='db.example.internal' "
+            "sslrootcert='/etc/ca.pem'")
         path = env["PGPASSFILE"]
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        info = os.stat(path)
+        assert stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
         with open(path, encoding="utf-8") as handle:
-            assert handle.read() == "*:*:*:*:s3cr\\:et\\\\pw\n"
-    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+            assert handle.read() == r"db.example.internal:6543:host=evil port=1 dbname=x:backup:s3cr\:et\\pw" + "\n"
+        assert client.env()["PGPASSFILE"] == path  # one file per ClientEnv
+    assert not os.path.exists(path)
+
+
+def test_memfd_passfile_is_readable_by_a_child_and_on_no_filesystem():
+    passfile = PassFile("h:1:d:u:secret\n")
+    try:
+        assert passfile.kind == "memfd"
+        assert passfile.path.startswith("/proc/%d/fd/" % os.getpid())
+        # Each open of /proc/<pid>/fd/<n> starts at offset 0: parallel workers all read the whole line.
+        reads = [subprocess.run(["cat", passfile.path], capture_output=True, check=True, close_fds=True).stdout
+                 for child in ("first", "second")]
+        assert reads == [b"h:1:d:u:secret\n"] * 2
+        assert os.readlink(passfile.path).startswith("/memfd:")
+    finally:
+        passfile.close()
+    assert not os.path.exists(passfile.path)
+
+
+def test_file_passfile_fallback_is_private_and_swept(tmp_path):
+    root = tmp_path / "root"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = root / ("%d-old" % dead.pid)
+    stale.mkdir(parents=True)
+    root.chmod(0o700)
+    (stale / "pgpass").write_text("left by a killed run")
+    alive = root / ("%d-live" % os.getpid())
+    alive.mkdir()
+    passfile = PassFile("h:1:d:u:secret\n", use_memfd=False, root=str(root))
+    try:
+        assert passfile.kind == "file"
+        assert not stale.exists() and alive.exists()
+        assert stat.S_IMODE(os.stat(passfile.path).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(passfile.path)).st_mode) == 0o700
+        with open(passfile.path, encoding="utf-8") as handle:
+            assert handle.read() == "h:1:d:u:secret\n"
+    finally:
+        passfile.close()
+    assert not os.path.exists(os.path.dirname(passfile.path))
+    assert sweep_passfiles(str(root)) == []
+
+
+def test_file_passfile_refuses_a_shared_directory(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    with pytest.raises(RunbookError) as refused:
+        PassFile("x", use_memfd=False, root=str(root))
+    assert "not a private directory" in refused.value.msg
+
+
+def test_passfile_lines_are_scoped():
+    tcp = Conn(dict(LOGIN, login_host="::1", login_password="pw"))
+    assert passfile_lines(tcp, "*") == r"\:\:1:6543:\*:backup:pw" + "\n"
+    socket = Conn(dict(LOGIN, login_host="", login_unix_socket="/run/postgresql", login_password="pw"))
+    assert passfile_lines(socket, "shop") == "/run/postgresql:6543:shop:backup:pw\nlocalhost:6543:shop:backup:pw\n"
+    default = Conn(dict(LOGIN, login_host="", login_password="pw"))
+    assert passfile_lines(default, "shop") == "localhost:6543:shop:backup:pw\n"
+    star_user = Conn(dict(LOGIN, login_user="*", login_password="pw"))
+    assert passfile_lines(star_user, "shop") == r"db.example.internal:6543:shop:\*:pw" + "\n"
 
 
 def test_client_env_without_password_has_no_passfile():
     conn = Conn(dict(LOGIN, login_password="", login_host="", login_unix_socket="/run/postgresql"))
-    with ClientEnv(conn) as client:
-        env = client.env("shop")
-        assert "PGPASSFILE" not in env or env["PGPASSFILE"] == os.environ.get("PGPASSFILE")
-        assert env["PGHOST"] == "/run/postgresql"
+    with ClientEnv(conn, "shop") as client:
+        env = client.env()
+        assert "PGPASSFILE" not in env
+        assert "host='/run/postgresql'" in client.dbname_arg
     assert "unix socket /run/postgresql" in conn.where
 
 
@@ -107,11 +171,64 @@ def test_psycopg_kwargs():
     kwargs = Conn(LOGIN).kwargs("shop")
     assert kwargs["host"] == "db.example.internal" and kwargs["port"] == 6543 and kwargs["dbname"] == "shop"
     assert kwargs["sslmode"] == "require" and kwargs["sslrootcert"] == "/etc/ca.pem" and kwargs["connect_timeout"] == 7
+    assert kwargs["password"] == LOGIN["login_password"]
     assert "host" not in Conn(dict(LOGIN, login_host="")).kwargs("x")
+    assert "password" not in Conn(LOGIN).settings("x")
 
 
-def test_passfile_escape():
-    assert passfile_escape("a:b\\c") == "a\\:b\\\\c"
+def _options(**extra):
+    params = dict(LOGIN, db="shop", set=None, target_db=None, role=None, jobs=1, compression="zstd",
+                  compression_level=None, compression_threads=0, login_unix_socket="")
+    params.update(extra)
+    return params
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("db", "with\x00nul", "control character"),
+    ("db", "y" * 64, "63 bytes"),
+    ("db", "\u00e9" * 32, "63 bytes"),
+    ("db", "../up", "cannot name the backup set"),
+    ("target_db", "line\nbreak", "control character"),
+    ("role", "r" * 70, "63 bytes"),
+    ("login_user", "x" * 64, "63 bytes"),
+    ("login_host", "host=evil port=1", "not a host name"),
+    ("login_host", "a,b", "not a host name"),
+    ("login_host", "postgresql://evil/x", "not a host name"),
+    ("login_unix_socket", "relative", "absolute"),
+    ("login_unix_socket", "/a,/b", "more than one"),
+    ("login_password", "a\nb", "newline"),
+    ("ca_cert", "a\x00b", "control character"),
+    ("tables", ["ok", "bad\tpattern"], "tables[1]"),
+    ("set", "../x", "set"),
+    ("backup_id", "../x", "backup_id"),
+    ("jobs", 0, "jobs=0 is out of range"),
+    ("jobs", 129, "from 1 to 128"),
+    ("connect_timeout", 0, "wait forever"),
+    ("login_port", 70000, "from 1 to 65535"),
+    ("compression_level", 0, "from 1 to 22"),
+    ("compression_threads", -1, "0 uses every core"),
+])
+def test_check_options_refuses(option, value, words):
+    with pytest.raises(RunbookError) as refused:
+        check_options(_options(**{option: value}))
+    assert option in refused.value.msg and words in refused.value.msg
+    assert "s3cr" not in refused.value.msg
+
+
+def test_check_options_accepts_literal_names():
+    check_options(_options(db="dbname=other_db", target_db="host=127.0.0.1 port=1 dbname=x", role="it's",
+                           login_user="postgresql://u@h/x", login_host="fe80::1%eth0"))
+    check_options(_options(db="a/b", set="plain"))
+    check_options(_options(compression="gzip", compression_level=9))
+    check_options(_options(compression="none", compression_level=99))  # nothing compressed: no level to check
+    with pytest.raises(RunbookError):
+        check_options(_options(compression="gzip", compression_level=10))
+
+
+def test_password_is_never_shown_when_refused():
+    with pytest.raises(RunbookError) as refused:
+        check_options(_options(login_password="top\nsecret-value"))
+    assert "secret-value" not in refused.value.msg
 
 
 def test_quote_ident():
@@ -146,6 +263,8 @@ def test_names_fit_postgres_limits():
     long_name = previous_name("a" * 40, "20260131T120000.000Z-abc123")
     assert len(long_name.encode()) == 63 and long_name.endswith("_pre_20260131T120000.000Z-abc123")
     assert len(previous_name("ä" * 40, "20260131T120000.000Z-abc123").encode()) <= 63
+    multibyte = scratch_name("\u00e9" * 40, "verify")
+    assert len(multibyte.encode()) <= 63 and multibyte.startswith("\u00e9" * 20)
 
 
 def test_compare_counts():
