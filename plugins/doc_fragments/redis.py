@@ -11,36 +11,49 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 options:
   login_host:
-    description: Host name or address of the Redis server.
+    description:
+      - Host name or address of the Redis server.
+      - Whitespace, control characters and path separators are refused (the default backup set is
+        C(<login_host>-<login_port>)).
     type: str
     default: localhost
   login_port:
-    description: TCP port of the Redis server.
+    description: TCP port of the Redis server, 1 to 65535.
     type: int
     default: 6379
   login_user:
     description:
       - ACL user name (Redis 6 or later). Empty means the C(default) user, authenticated with
         O(login_password) alone when one is given.
+      - Control characters are refused.
     type: str
   login_password:
-    description: Password of O(login_user) (or of the default user). Never shown in output.
+    description:
+      - Password of O(login_user) (or of the default user). Never shown in output.
+      - Sent as one length-prefixed argument of C(AUTH), so any bytes (even CR/LF) are taken literally and
+        can never be read as another command.
     type: str
   tls:
-    description: Connect with TLS.
+    description:
+      - Connect with TLS.
+      - A server that does not answer the handshake within O(connect_timeout), or answers in plain text, is
+        reported as not speaking TLS on that port.
     type: bool
     default: false
   ca_certs:
-    description: CA bundle to verify the server certificate with, when O(tls=true); empty means the system's.
+    description:
+      - CA bundle (PEM) to verify the server certificate with, when O(tls=true); empty means the system's.
     type: str
   client_cert_file:
-    description: Client certificate for TLS client authentication.
+    description: Client certificate (PEM) for TLS client authentication.
     type: str
   client_key_file:
-    description: Private key of O(client_cert_file).
+    description: Private key (PEM, not encrypted) of O(client_cert_file); empty means it is in O(client_cert_file).
     type: str
   connect_timeout:
-    description: Seconds to wait for the TCP (and TLS) connection and for replies to ordinary commands.
+    description:
+      - Seconds to wait for the TCP connection, for the TLS handshake and for replies to ordinary commands.
+      - Must be above 0 (at most a day).
     type: float
     default: 10.0
 """

@@ -89,6 +89,20 @@ def optional(check: t.Callable[..., str]) -> t.Callable[..., t.Optional[str]]:
     return wrapped
 
 
+def host_name(what: str, value: t.Any) -> str:
+    """A host name or address to connect to: one token, no whitespace, control character or path
+    separator (a host never holds them; they would reach a resolver, a default set name or a URL)."""
+    text = no_control(what, value)
+    if not text:
+        raise RunbookError("%s is empty" % what)
+    if any(char.isspace() for char in text) or "/" in text or "\\" in text:
+        raise RunbookError("%s %s is not a host name or address (it holds whitespace or a path separator)"
+                           % (what, shown(text)))
+    if len(text.encode("utf-8")) > 253:
+        raise RunbookError("%s %s is longer than 253 bytes, the limit of a DNS name" % (what, shown(text)))
+    return text
+
+
 def pg_name(what: str, value: t.Any) -> str:
     """A PostgreSQL database or role name, taken literally."""
     text = no_control(what, value)
@@ -171,3 +185,100 @@ def trusted_manifest(manifest: t.Any, kind: str, set_name: str, found_id: str, w
     except RunbookError as exc:
         raise RunbookError("manifest %s is not trusted: %s" % (where, exc.msg))
     return manifest
+
+
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+MAX_PATH_BYTES = 4096
+
+
+def k8s_data_key(what: str, value: t.Any) -> str:
+    """A key of a Secret's or ConfigMap's ``data`` (letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``)."""
+    text = no_control(what, value)
+    if not text or len(text) > 253 or not _DATA_KEY.match(text) or text in (".", "..") or text.startswith(".."):
+        raise RunbookError("%s %s is not a valid Secret or ConfigMap key (letters, digits, '-', '_' and '.', at most "
+                           "253 characters, not '.' or '..')" % (what, shown(text)))
+    return text
+
+
+def label_key(what: str, value: t.Any) -> str:
+    """A label key: an optional DNS-subdomain prefix and ``/``, then a name of at most 63 characters."""
+    text = no_control(what, value)
+    prefix, sep, name = text.rpartition("/")
+    if (not name or len(name) > 63 or not _LABEL_NAME.match(name)
+            or (sep and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)))):
+        raise RunbookError("%s %s is not a valid label key (an optional DNS prefix and '/', then at most 63 letters, "
+                           "digits, '-', '_' or '.', starting and ending with a letter or digit)" % (what, shown(text)))
+    return text
+
+
+def label_value(what: str, value: t.Any) -> str:
+    """A label value: empty, or at most 63 letters, digits, ``-``, ``_``, ``.`` (so never ``,`` or ``=``,
+    which would change the meaning of a label selector)."""
+    text = no_control(what, value)
+    if text and (len(text) > 63 or not _LABEL_NAME.match(text)):
+        raise RunbookError("%s %s is not a valid label value (at most 63 letters, digits, '-', '_' or '.', starting "
+                           "and ending with a letter or digit)" % (what, shown(text)))
+    return text
+
+
+def labels(what: str, value: t.Any) -> t.Dict[str, str]:
+    """A mapping of label keys to label values (a ``matchLabels`` selector)."""
+    if not isinstance(value, dict):
+        raise RunbookError("%s must be a mapping of label keys to values, not %s" % (what, shown(value)))
+    checked: t.Dict[str, str] = {}
+    for key, item in value.items():
+        checked[label_key("%s key" % what, key)] = label_value("%s[%s]" % (what, key), item)
+    return checked
+
+
+def number(what: str, value: t.Any, minimum: t.Optional[float] = None, maximum: t.Optional[float] = None,
+           above: bool = False) -> float:
+    """A finite number in ``[minimum, maximum]`` (``above``: strictly greater than ``minimum``)."""
+    try:
+        num = float(value)
+    except (TypeError, ValueError):
+        raise RunbookError("%s %s is not a number" % (what, shown(value)))
+    if num != num or num in (float("inf"), float("-inf")):
+        raise RunbookError("%s must be a finite number, not %s" % (what, shown(value)))
+    low_ok = minimum is None or (num > minimum if above else num >= minimum)
+    if not low_ok or (maximum is not None and num > maximum):
+        low = "" if minimum is None else ("above %g" % minimum if above else "at least %g" % minimum)
+        high = "" if maximum is None else "at most %g" % maximum
+        raise RunbookError("%s must be %s, not %s" % (what, " and ".join(p for p in (low, high) if p), shown(value)))
+    return num
+
+
+def duration(what: str, value: t.Any, minimum: float = 0.0, maximum: float = 100 * 365 * 86400.0,
+             above: bool = False) -> float:
+    """A duration option (``30d``, ``12h``, ``90m`` or seconds) as finite seconds within bounds."""
+    from ansible_collections.runbook.ops.plugins.module_utils._common import parse_duration
+
+    if isinstance(value, str):
+        no_control(what, value)
+    seconds = parse_duration(value, what)
+    if seconds is None:
+        raise RunbookError("%s is empty; give a duration such as 90s, 5m, 6h or 30d" % what)
+    try:
+        return number(what, seconds, minimum, maximum, above)
+    except RunbookError:
+        bounds = ("longer than %s" % _human_seconds(minimum) if above else "of at least %s" % _human_seconds(minimum))
+        raise RunbookError("%s must be a duration %s and at most %s, not %s"
+                           % (what, bounds, _human_seconds(maximum), shown(value)))
+
+
+def _human_seconds(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return "%d%s" % (seconds // size, unit)
+    return "%gs" % seconds
+
+
+def local_path(what: str, value: t.Any) -> str:
+    """A path on the managed host: any path, but no NUL or other control character and not absurdly long."""
+    text = no_control(what, value)
+    if not text:
+        raise RunbookError("%s is empty" % what)
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise RunbookError("%s %s is longer than %d bytes" % (what, shown(text), MAX_PATH_BYTES))
+    return text

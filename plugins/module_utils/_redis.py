@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -31,7 +32,9 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
     UNENCRYPTED_WARNING, backup_result, compression_settings, fresh_backup, prune_after_success)
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch, tls_handshake
+from ansible_collections.runbook.ops.plugins.module_utils._names import (
+    backup_id as backup_id_name, check_params, host_name, local_path, no_control, number, optional, path_segment, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
     CHUNK, NullSink, StreamError, SubprocessSink, decode_stream, load_identities)
@@ -69,6 +72,32 @@ def redis_connection_argspec() -> dict:
     )
 
 
+def tls_context(validate_certs: bool = True, ca_certs: t.Optional[str] = None,
+                client_cert_file: t.Optional[str] = None, client_key_file: t.Optional[str] = None) -> ssl.SSLContext:
+    """The client TLS context; an unreadable or malformed CA, certificate or key file is named."""
+    try:
+        context = ssl.create_default_context(cafile=ca_certs or None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise RunbookError("ca_certs %s cannot be used as a CA bundle: %s (a PEM file of CA certificates is expected)"
+                           % (shown(ca_certs), getattr(exc, "strerror", None) or exc))
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client_cert_file:
+        try:
+            # An encrypted key is refused (empty passphrase) rather than prompted for on a terminal.
+            context.load_cert_chain(client_cert_file, client_key_file or None, password=lambda: b"")
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            files = "client_cert_file %s" % shown(client_cert_file)
+            if client_key_file:
+                files += " with client_key_file %s" % shown(client_key_file)
+            raise RunbookError("%s cannot be loaded: %s (PEM files of the certificate and of its unencrypted "
+                               "private key are expected)" % (files, getattr(exc, "strerror", None) or exc))
+    elif client_key_file:
+        raise RunbookError("client_key_file is set without client_cert_file")
+    return context
+
+
 # --------------------------------------------------------------------------- RESP client
 
 class RedisConnection:
@@ -90,6 +119,8 @@ class RedisConnection:
         self._buf = bytearray()
         self._pos = 0
         self.sock: t.Any = None
+        # The context first: a bad CA or client certificate file is named before any connection is made.
+        context = tls_context(validate_certs, ca_certs, client_cert_file, client_key_file) if tls else None
         try:
             if unix_socket:
                 raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -98,16 +129,13 @@ class RedisConnection:
             else:
                 raw = socket.create_connection((host, port), timeout=connect_timeout)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if tls:
-                context = ssl.create_default_context(cafile=ca_certs or None)
-                if not validate_certs:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                if client_cert_file:
-                    context.load_cert_chain(client_cert_file, client_key_file or None)
-                raw = context.wrap_socket(raw, server_hostname=host)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ValueError) as exc:
+            # ValueError/UnicodeError: a host name the resolver or the IDNA codec refuses.
             raise RunbookError("cannot connect to Redis at %s: %s" % (self.where, getattr(exc, "strerror", None) or exc))
+        if context is not None:
+            # The socket still has connect_timeout: a plain-text port, which waits for a full command
+            # line, fails the handshake within that time and is reported as not speaking TLS.
+            raw = tls_handshake(raw, context, host, "Redis at %s" % self.where)
         self.sock = raw
         if password:
             args = ["AUTH", user, password] if user else ["AUTH", password]
@@ -693,7 +721,124 @@ def bgsave_and_wait(conn: RedisConnection, timeout: float, poll: float = 0.1) ->
     return facts
 
 
+# --------------------------------------------------------------------------- local files (spool, data directory)
+
+class LocalError(RunbookError):
+    """A problem of the managed host (a full or read-only spool or data directory, no redis-server), not of
+    the backup: it fails the task instead of becoming a verification problem, so a good backup is never
+    called bad because the place it was unpacked into could not take it."""
+
+
+_DIRECTORY_STATES = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its disk quota", errno.EROFS: "is read-only",
+                     errno.EACCES: "is not writable", errno.EPERM: "is not writable",
+                     errno.ENOTDIR: "is not a directory", errno.ENOENT: "does not exist",
+                     errno.EFBIG: "does not take a file this large"}
+
+
+def directory_problem(role: str, directory: str, exc: BaseException, doing: str) -> LocalError:
+    """``the spool directory /x is full (writing ... failed: No space left on device)``."""
+    code = getattr(exc, "errno", None)
+    state = _DIRECTORY_STATES.get(code, "could not be used") if isinstance(code, int) else "could not be used"
+    cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return LocalError("the %s %s %s (%s failed: %s)" % (role, shown(directory, 200), state, doing, cause))
+
+
+class LocalFile:
+    """A 0600 file created under ``directory`` and written as the last stage of a read from the
+    repository. It remembers the first write error, so that a full or read-only file system is
+    reported as the directory's fault and never as a corrupt or truncated backup."""
+
+    def __init__(self, path: str, directory: str, role: str, needed: int = 0) -> None:
+        self.path = path
+        self.directory = directory
+        self.role = role
+        self.needed = needed
+        self.name = path
+        self.written = 0
+        self.error: t.Optional[OSError] = None
+        self._handle: t.Any = None
+
+    def open(self) -> "LocalFile":
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise directory_problem(self.role, self.directory, exc, "creating %s" % self.path)
+        self._handle = os.fdopen(fd, "wb")
+        return self
+
+    def write(self, data: t.Any) -> int:
+        try:
+            self._handle.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def writable(self) -> bool:
+        return True
+
+    def failure(self) -> LocalError:
+        exc = self.error or OSError("write failed")
+        problem = directory_problem(self.role, self.directory, exc, "writing %s after %d bytes" % (self.path, self.written))
+        if self.needed and getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            problem.msg += "; the file needs %d bytes there" % self.needed
+            problem.args = (problem.msg,)
+        return problem
+
+    def finish(self) -> None:
+        """Flush, fsync and close: a delayed ENOSPC (network file systems) surfaces here."""
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as exc:
+            self.error = self.error or exc
+            self.abort()
+            raise self.failure()
+        self._handle = None
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.close()
+            except OSError:
+                pass
+            self._handle = None
+
+
+def read_into_file(repo: Repository, manifest: dict, entry: dict, target: LocalFile, identities: t.Sequence[t.Any],
+                   sink: t.Any = None) -> None:
+    """Stream an object from the repository into ``target`` (through ``sink``, which writes to it, when
+    given). A failure of the file is a :class:`LocalError`; a failure of the stored bytes stays what it is."""
+    try:
+        repo.read_object(manifest, entry, sink if sink is not None else target, identities)
+    except RunbookError as exc:
+        target.abort()
+        # Bytes that differ from the manifest are the backup's fault whatever else went wrong.
+        if target.error is not None and getattr(exc, "stage", None) != "checksum":
+            raise target.failure() from None
+        raise
+    except OSError:
+        target.abort()
+        if target.error is not None:
+            raise target.failure() from None
+        raise
+    target.finish()
+
+
 # --------------------------------------------------------------------------- throwaway server
+
+# sun_path holds 108 bytes; redis-server refuses a longer unix socket path.
+MAX_SOCKET_PATH = 100
+
 
 class ThrowawayRedis:
     """``redis-server`` on a private unix socket in a 0700 directory, loading ``dump.rdb`` from it."""
@@ -701,35 +846,62 @@ class ThrowawayRedis:
     def __init__(self, spool_dir: t.Optional[str], databases: int = 16, timeout: float = 3600) -> None:
         self.server = shutil.which("redis-server")
         if not self.server:
-            raise RunbookError("redis-server is not installed on the managed host; it is needed to load the RDB "
-                               "(level=load, method=keys)")
+            raise LocalError("redis-server is not installed on the managed host; it is needed to load the RDB "
+                             "(level=load, method=keys)")
+        self.spool = spool_dir or tempfile.gettempdir()
+        self.role = "spool directory" if spool_dir else "temporary directory (spool_dir is empty)"
+        if not os.path.exists(self.spool):
+            raise LocalError("the %s %s does not exist" % (self.role, shown(self.spool, 200)))
+        if not os.path.isdir(self.spool):
+            raise LocalError("the %s %s is not a directory" % (self.role, shown(self.spool, 200)))
         try:
-            self.dir = tempfile.mkdtemp(prefix="runbook-redis-", dir=spool_dir or None)
+            self.dir = tempfile.mkdtemp(prefix="runbook-redis-", dir=self.spool)
         except OSError as exc:
-            raise RunbookError("cannot create a work directory in %s: %s" % (spool_dir or tempfile.gettempdir(), exc))
+            raise directory_problem(self.role, self.spool, exc, "creating a private work directory there")
         os.chmod(self.dir, 0o700)
         self.rdb_path = os.path.join(self.dir, "dump.rdb")
-        self.socket = os.path.join(self.dir, "redis.sock")
+        self.socket_dir = self.dir
+        if len(os.fsencode(os.path.join(self.dir, "redis.sock"))) > MAX_SOCKET_PATH:
+            # A deep spool_dir: the socket goes to a private directory of its own with a short path.
+            try:
+                self.socket_dir = tempfile.mkdtemp(prefix="runbook-redis-")
+            except OSError as exc:
+                self.stop()
+                raise directory_problem("temporary directory", tempfile.gettempdir(), exc,
+                                        "creating a directory for the local server's socket")
+            os.chmod(self.socket_dir, 0o700)
+        self.socket = os.path.join(self.socket_dir, "redis.sock")
         self.log = os.path.join(self.dir, "redis.log")
         self.databases = max(16, databases)
         self.timeout = timeout
         self.proc: t.Optional[subprocess.Popen] = None
 
-    def open_rdb(self) -> t.Any:
-        fd = os.open(self.rdb_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        return os.fdopen(fd, "wb")
+    def spool_rdb(self, repo: Repository, manifest: dict, entry: dict, identities: t.Sequence[t.Any]) -> None:
+        """The backup's RDB as ``dump.rdb`` of this server; a full spool raises :class:`LocalError`."""
+        needed = int(entry.get("raw_size") or 0)
+        try:
+            read_into_file(repo, manifest, entry, LocalFile(self.rdb_path, self.spool, self.role, needed).open(),
+                           identities)
+        except LocalError as exc:
+            raise LocalError("%s: free space there or set spool_dir to a directory with room for the RDB" % exc.msg)
 
     def start(self) -> RedisConnection:
         conf = os.path.join(self.dir, "redis.conf")
-        with open(conf, "w", encoding="utf-8") as handle:
-            handle.write("\n".join([
-                "port 0", "unixsocket %s" % self.socket, "unixsocketperm 700", "dir %s" % self.dir,
-                "dbfilename dump.rdb", "save \"\"", "appendonly no", "daemonize no", "logfile %s" % self.log,
-                "databases %d" % self.databases, "rdbchecksum yes", "protected-mode yes", "",
-            ]))
-        os.chmod(conf, 0o600)
-        self.proc = subprocess.Popen([self.server, conf], stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("\n".join([
+                    "port 0", "unixsocket %s" % self.socket, "unixsocketperm 700", "dir %s" % self.dir,
+                    "dbfilename dump.rdb", "save \"\"", "appendonly no", "daemonize no", "logfile %s" % self.log,
+                    "databases %d" % self.databases, "rdbchecksum yes", "protected-mode yes", "",
+                ]))
+        except OSError as exc:
+            raise directory_problem(self.role, self.spool, exc, "writing the local server's config %s" % conf)
+        try:
+            self.proc = subprocess.Popen([self.server, conf], stdin=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            raise LocalError("cannot run %s to load the RDB: %s" % (self.server, exc.strerror or exc))
         deadline = time.monotonic() + self.timeout
         while True:
             if self.proc.poll() is not None:
@@ -761,6 +933,8 @@ class ThrowawayRedis:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.socket_dir != self.dir:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def __enter__(self) -> "ThrowawayRedis":
         return self
@@ -984,13 +1158,16 @@ def verify_manifest(repo: Repository, manifest: dict, entry: dict, level: str, i
             if encrypted and not identities:
                 raise RunbookError("level=load needs encryption_identity: backup %s is encrypted" % manifest["id"])
             with ThrowawayRedis(params.get("spool_dir"), _max_db(manifest), float(params.get("wait_timeout") or 3600)) as local:
-                with local.open_rdb() as handle:
-                    repo.read_object(manifest, entry, handle, identities)
+                local.spool_rdb(repo, manifest, entry, identities)
                 conn = local.start()
                 with conn:
                     loaded = keys_per_db(conn.info("keyspace"))
                 verified["keys"] = loaded
                 problems += _compare_keys(manifest.get("redis", {}).get("keys", {}), loaded, "the loaded RDB")
+    except LocalError as exc:
+        # Not a verdict on the backup: the check itself could not be done here.
+        raise LocalError("verify level=%s of backup %s could not be done on the managed host, the backup was not "
+                         "judged: %s" % (level, manifest["id"], exc.msg), backup_id=manifest["id"])
     except RunbookError as exc:
         problems.append(exc.msg)
     verified["ok"] = not problems
@@ -1103,8 +1280,12 @@ def restore_keys(repo: Repository, manifest: dict, entry: dict, identities: t.Se
     """Load the RDB into a local throwaway server, prove the key counts, then copy every key."""
     timeout = float(params.get("wait_timeout") or 3600)
     with ThrowawayRedis(params.get("spool_dir"), _max_db(manifest), timeout) as local:
-        with local.open_rdb() as handle:
-            repo.read_object(manifest, entry, handle, identities)
+        try:
+            local.spool_rdb(repo, manifest, entry, identities)
+        except LocalError as exc:
+            raise LocalError("restore of backup %s into Redis at %s:%s stopped before the target was touched: %s"
+                             % (manifest["id"], params["login_host"], params["login_port"], exc.msg),
+                             backup_id=manifest["id"])
         source = local.start()
         with source:
             loaded = keys_per_db(source.info("keyspace"))
@@ -1133,8 +1314,9 @@ class ServiceControl:
         self.timeout = timeout
         name = params.get("service_name")
         if name:
-            self.stop_argv = ["systemctl", "stop", name]
-            self.start_argv = ["systemctl", "start", name]
+            # "--": a unit name is never read as an option of systemctl.
+            self.stop_argv = ["systemctl", "stop", "--", name]
+            self.start_argv = ["systemctl", "start", "--", name]
         elif params.get("stop_command") and params.get("start_command"):
             self.stop_argv = list(params["stop_command"])
             self.start_argv = list(params["start_command"])
@@ -1284,18 +1466,19 @@ def restore_file(repo: Repository, manifest: dict, entry: dict, identities: t.Se
     inspector = RDBInspector(entry["name"], crc=int(entry.get("raw_size") or 0) <= PYTHON_CRC_LIMIT
                              or not shutil.which("redis-check-rdb"))
     try:
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            repo.read_object(manifest, entry, Tee(handle, inspector), identities)
-            handle.flush()
-            os.fsync(handle.fileno())
+        local_file = LocalFile(staged, directory, "data directory of Redis at %s:%s" % (
+            params["login_host"], params["login_port"]), int(entry.get("raw_size") or 0)).open()
+        read_into_file(repo, manifest, entry, local_file, identities, sink=Tee(local_file, inspector))
         inspector.check_crc()
         if os.geteuid() == 0:
             owner = os.stat(target_path) if os.path.exists(target_path) else os.stat(directory)
             os.chown(staged, owner.st_uid, owner.st_gid)
+    except LocalError as exc:
+        _unlink_quietly(staged)
+        raise LocalError("file restore of backup %s stopped before Redis was stopped: %s"
+                         % (manifest["id"], exc.msg), backup_id=manifest["id"])
     except BaseException:
-        if os.path.exists(staged):
-            os.unlink(staged)
+        _unlink_quietly(staged)
         raise
     # 2. Stop, swap the files, start.
     moved: t.List[t.Tuple[str, str]] = []
@@ -1350,6 +1533,13 @@ def restore_file(repo: Repository, manifest: dict, entry: dict, identities: t.Se
     return result
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _rollback(staged: str, target_path: str, moved: t.List[t.Tuple[str, str]], config_file: str,
               original_config: bytes) -> None:
     try:
@@ -1389,7 +1579,78 @@ def redis_snapshot_argspec() -> dict:
     return spec
 
 
+ZSTD_LEVELS = (1, 22)
+GZIP_LEVELS = (1, 9)
+MAX_THREADS = 256
+MAX_WAIT_TIMEOUT = 30 * 86400
+
+
+def _unit_name(what: str, value: t.Any) -> str:
+    text = no_control(what, value)
+    if not text or text.startswith("-") or any(char.isspace() for char in text) or "/" in text:
+        raise RunbookError("%s %s is not a systemd unit name (no leading '-', whitespace or '/')" % (what, shown(text)))
+    return text
+
+
+def _argv_item(what: str, value: t.Any) -> str:
+    if not isinstance(value, str):
+        raise RunbookError("%s %s is not a string" % (what, shown(value)))
+    if "\x00" in value:
+        raise RunbookError("%s %s holds a NUL byte, which no program argument can hold" % (what, shown(value)))
+    return value
+
+
+def _plain_password(what: str, value: t.Any) -> str:
+    # Any bytes may be a Redis password (AUTH sends it as a length-prefixed bulk string, so CR/LF in it
+    # can never start another command); only a type check, and never the value in a message.
+    if not isinstance(value, str):
+        raise RunbookError("%s is not a string" % what)
+    return value
+
+
+def validate_params(params: dict) -> None:
+    """Every option a user can set is checked before anything is connected to, read or written."""
+    check_params(params, {
+        "login_host": host_name,
+        "login_user": optional(no_control),
+        "login_password": _plain_password,
+        "ca_certs": optional(local_path),
+        "client_cert_file": optional(local_path),
+        "client_key_file": optional(local_path),
+        "spool_dir": optional(local_path),
+        "set": optional(path_segment),
+        "backup_id": optional(lambda what, value: backup_id_name(value, what)),
+        "service_name": optional(_unit_name),
+        "stop_command": _argv_item,
+        "start_command": _argv_item,
+    })
+    if not params.get("login_host"):
+        raise RunbookError("login_host is empty")
+    for option in ("stop_command", "start_command"):
+        if params.get(option) is not None and not params[option]:
+            raise RunbookError("%s is an empty list; give the program and its arguments" % option)
+    number("login_port", params.get("login_port"), 1, 65535)
+    if params.get("connect_timeout") is not None:
+        number("connect_timeout", params["connect_timeout"], 0, 86400, above=True)
+    wait = params.get("wait_timeout")
+    if wait is not None and not 1 <= wait <= MAX_WAIT_TIMEOUT:
+        raise RunbookError("wait_timeout must be between 1 and %d seconds (30 days), not %s" % (MAX_WAIT_TIMEOUT, shown(wait)))
+    level = params.get("compression_level")
+    algorithm = params.get("compression") or "zstd"
+    if level is not None and algorithm != "none":
+        low, high = ZSTD_LEVELS if algorithm == "zstd" else GZIP_LEVELS
+        if not low <= level <= high:
+            raise RunbookError("compression_level %s is out of range for %s (%d to %d)" % (level, algorithm, low, high))
+    threads = params.get("compression_threads")
+    if threads is not None and not 0 <= threads <= MAX_THREADS:
+        raise RunbookError("compression_threads %s is out of range (0 uses every core, at most %d)"
+                           % (threads, MAX_THREADS))
+    if not params.get("set"):
+        path_segment("the default set (login_host-login_port, since set is empty)", default_set(params))
+
+
 def redis_snapshot(params: dict, check_mode: bool, diff: bool = False) -> dict:
+    validate_params(params)
     state = params.get("state") or "backup"
     method = params.get("method")
     if state == "backup" and method and method not in BACKUP_METHODS:

@@ -65,7 +65,9 @@ options:
     choices: [checksum, rdb, load]
     default: rdb
   backup_id:
-    description: The backup to verify or restore; empty means the latest complete backup of the set.
+    description:
+      - The backup to verify or restore; empty means the latest complete backup of the set.
+      - A backup id as the repository writes it (letters, digits, C(.), C(_), C(:), C(+) and C(-)); anything else is refused.
     type: str
   flush:
     description: With O(method=keys), empty the target (C(FLUSHALL)) before copying the keys.
@@ -74,6 +76,7 @@ options:
   service_name:
     description:
       - For O(method=file), the systemd unit of the Redis server; it is stopped and started with C(systemctl).
+      - A name starting with C(-) or holding whitespace, C(/) or control characters is refused.
     type: str
   stop_command:
     description:
@@ -93,9 +96,13 @@ options:
       - Directory on the managed host for the throwaway C(redis-server) of O(level=load) and O(method=keys),
         which needs the RDB as a file (0600 in a 0700 directory, removed on every exit path).
       - Empty means the system temporary directory.
+      - When it is full, read-only, missing or not a directory, the task fails naming it; the backup is not
+        judged (a full spool never makes a good backup look corrupt).
     type: path
   wait_timeout:
-    description: Seconds to wait for a C(BGSAVE), the loading of an RDB, a stop, a start or an AOF rewrite.
+    description:
+      - Seconds to wait for a C(BGSAVE), the loading of an RDB, a stop, a start or an AOF rewrite.
+      - 1 to 2592000 (30 days).
     type: int
     default: 3600
   validate_certs:
@@ -107,7 +114,8 @@ notes:
   - The password reaches Redis only inside the connection (C(AUTH)); it never appears in a process argument.
   - O(method=file) needs the Redis data directory and config file on the managed host and the right to stop
     and start the server. The previous RDB and AOF are kept next to them as C(<name>.pre-restore-<backup_id>)
-    and listed in RV(previous_files).
+    and listed in RV(previous_files). The RDB is staged in the data directory first; if it does not fit there,
+    the task fails naming that directory before the server is stopped.
   - Requires C(redis-server) on the managed host for O(level=load) and O(method=keys); C(redis-check-rdb) is
     used by O(level=rdb) when present. Requires C(boto3) for S3 repositories, C(zstandard) and C(pyrage) for
     compression and encryption.

@@ -123,3 +123,56 @@ def age_key() -> AgeKey:
     import pyrage
     identity = pyrage.x25519.Identity.generate()
     return AgeKey(str(identity), str(identity.to_public()))
+
+
+class TLSFiles(t.NamedTuple):
+    """PEM files of a test CA and of a server certificate it signed (for 127.0.0.1 and localhost)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_tls_files(directory: Path, common_name: str = "harness-ca") -> TLSFiles:
+    """A fresh CA and a server certificate for loopback, written under ``directory`` (keys 0600)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=2))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = TLSFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+    files.key_file.chmod(0o600)
+    return files
+
+
+@pytest.fixture(scope="session")
+def redis_tls(_session_services: _Services) -> RedisServer:
+    """A Redis with a plain port and a TLS port (``tls_port``, ``tls_login``) signed by a test CA."""
+    workdir = _session_services.workdir("redis-tls")
+    files = make_tls_files(workdir / "tls")
+    return _session_services.add(RedisServer(workdir, name="redis-tls", tls_cert_file=files.cert_file,
+                                             tls_key_file=files.key_file, tls_ca_file=files.ca_file))

@@ -118,10 +118,18 @@ class PostgresServer:
 
 
 class RedisServer:
-    """Debian's redis-server. ``appendonly`` switches AOF on; ``users`` adds ACL lines."""
+    """Debian's redis-server. ``appendonly`` switches AOF on; ``users`` adds ACL lines.
+
+    With ``tls_cert_file`` and ``tls_key_file`` it also listens with TLS on ``tls_port`` (the plain
+    ``port`` stays, so the harness's own client and readiness check are unchanged); ``tls_ca_file`` is
+    the CA clients verify it with, and ``tls_auth_clients`` asks clients for a certificate.
+    """
 
     def __init__(self, workdir: Path, name: str = "redis", password: str = "harness-redis-secret",
-                 appendonly: bool = False, users: t.Sequence[str] = (), port: t.Optional[int] = None) -> None:
+                 appendonly: bool = False, users: t.Sequence[str] = (), port: t.Optional[int] = None,
+                 tls_cert_file: t.Optional[Path] = None, tls_key_file: t.Optional[Path] = None,
+                 tls_ca_file: t.Optional[Path] = None, tls_auth_clients: bool = False,
+                 tls_port: t.Optional[int] = None) -> None:
         self.workdir = Path(workdir)
         self.name = name
         self.password = password
@@ -132,6 +140,11 @@ class RedisServer:
         self.datadir = self.workdir / "data"
         self.conf = self.workdir / "redis.conf"
         self.process = ManagedProcess(name, self.workdir)
+        self.tls_cert_file = tls_cert_file
+        self.tls_key_file = tls_key_file
+        self.tls_ca_file = tls_ca_file
+        self.tls_auth_clients = tls_auth_clients
+        self.tls_port = (tls_port or free_port()) if tls_cert_file else None
 
     def write_config(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +161,12 @@ class RedisServer:
             "requirepass %s" % self.password,
         ]
         lines += ["user %s" % spec for spec in self.users]
+        if self.tls_port:
+            lines += ["tls-port %d" % self.tls_port, "tls-cert-file %s" % self.tls_cert_file,
+                      "tls-key-file %s" % self.tls_key_file,
+                      "tls-auth-clients %s" % ("yes" if self.tls_auth_clients else "no")]
+            if self.tls_ca_file:
+                lines.append("tls-ca-cert-file %s" % self.tls_ca_file)
         self.conf.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o600)
 
@@ -183,6 +202,16 @@ class RedisServer:
     @property
     def login(self) -> dict:
         return {"login_host": self.host, "login_port": self.port, "login_password": self.password}
+
+    @property
+    def tls_login(self) -> dict:
+        """Connection options for the TLS port, verified with ``tls_ca_file``."""
+        if not self.tls_port:
+            raise ServiceError("%s was started without TLS" % self.name)
+        login = {"login_host": self.host, "login_port": self.tls_port, "login_password": self.password, "tls": True}
+        if self.tls_ca_file:
+            login["ca_certs"] = str(self.tls_ca_file)
+        return login
 
     def describe(self) -> dict:
         return {"host": self.host, "port": self.port, "password": self.password, "appendonly": self.appendonly,

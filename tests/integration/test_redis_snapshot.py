@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 import typing as t
@@ -16,7 +17,8 @@ import pyrage
 import pytest
 
 from tests.harness.collection import run_module
-from tests.harness.fixtures import REDIS_BACKUP_PASSWORD, REDIS_BACKUP_USER, REDIS_LIMITED_PASSWORD, REDIS_LIMITED_USER
+from tests.harness.fixtures import (
+    REDIS_BACKUP_PASSWORD, REDIS_BACKUP_USER, REDIS_LIMITED_PASSWORD, REDIS_LIMITED_USER, make_tls_files)
 from tests.harness.services import RedisServer
 
 LONG_TTL_MS = 3 * 3600 * 1000
@@ -286,3 +288,142 @@ def test_bgsave_backup_and_file_restore_on_aof_survives_restart(service_factory:
     server.stop()
     server.start()
     assert snapshot_of(server) == expected
+
+
+# --------------------------------------------------------------------------- the spool and TLS
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def tiny_spool(tmp_path: Path) -> t.Iterator[Path]:
+    """A 1 MiB file system: an RDB of a few MiB does not fit."""
+    path = tmp_path / "tiny-spool"
+    mount_tmpfs(path, "size=1m,mode=0755")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def fill_incompressible(server: RedisServer, mib: int = 3) -> int:
+    client = server.client()
+    client.flushall()
+    pipe = client.pipeline(transaction=False)
+    for i in range(mib * 1024):
+        pipe.set("spool:%d" % i, os.urandom(1024))
+    pipe.execute()
+    return mib * 1024
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_full_spool_is_named_and_the_backup_is_not_blamed(redis_plain: RedisServer, tmp_path: Path,
+                                                            tiny_spool: Path, encrypted: bool) -> None:
+    keys = fill_incompressible(redis_plain)
+    recipient, identity = age_keypair()
+    repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "spool"}
+    backup_args = dict(redis_plain.login, **repo)
+    if encrypted:
+        backup_args["encryption_recipients"] = [recipient]
+    backup = run_module("redis_snapshot", backup_args)
+    assert not backup.get("failed"), backup
+    key = {"encryption_identity": identity} if encrypted else {}
+
+    verify = run_module("redis_snapshot", dict(repo, state="verify", level="load", spool_dir=str(tiny_spool), **key))
+    assert verify.get("failed"), verify
+    msg = verify["msg"]
+    assert str(tiny_spool) in msg and "is full" in msg and "spool directory" in msg, msg
+    assert "not judged" in msg and backup["backup_id"] in msg, msg
+    for blame in ("corrupt", "truncated", "failed verification", "decrypt failed"):
+        assert blame not in msg, msg
+    assert os.listdir(tiny_spool) == [], "the private work directory was left behind"
+
+    # The restore that spools the RDB the same way stops before the target is touched.
+    redis_plain.client().set("sentinel", "before")
+    restore = run_module("redis_snapshot", dict(redis_plain.login, state="restore", flush=True,
+                                                spool_dir=str(tiny_spool), **dict(repo, **key)))
+    assert restore.get("failed"), restore
+    assert str(tiny_spool) in restore["msg"] and "is full" in restore["msg"], restore["msg"]
+    assert "before the target was touched" in restore["msg"] and "corrupt" not in restore["msg"], restore["msg"]
+    assert redis_plain.client().get("sentinel") == b"before"
+    assert redis_plain.client().dbsize() == keys + 1
+    assert os.listdir(tiny_spool) == []
+
+    # The backup was good all along: with room to unpack it, it verifies.
+    roomy = run_module("redis_snapshot", dict(repo, state="verify", level="load", spool_dir=str(tmp_path), **key))
+    assert not roomy.get("failed") and roomy["verified"]["keys"] == {"db0": keys}, roomy
+
+
+def test_a_full_data_directory_stops_a_file_restore_before_redis_is_stopped(service_factory: t.Any,
+                                                                            tmp_path: Path) -> None:
+    workdir = service_factory.workdir("redis-full-datadir")
+    server = RedisServer(workdir, name="redis-full-datadir")
+    mount_tmpfs(server.datadir, "size=1m,mode=0755")
+    try:
+        service_factory.add(server)
+        server.client().set("small", "1")
+        repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "datadir"}
+        # A snapshot of a bigger server restored into this one: its RDB does not fit the data directory.
+        other = service_factory.add(RedisServer(service_factory.workdir("redis-big"), name="redis-big"))
+        fill_incompressible(other)
+        backup = run_module("redis_snapshot", dict(other.login, **repo))
+        assert not backup.get("failed"), backup
+        marker = tmp_path / "stopped"
+        stop = ["sh", "-c", 'touch "$1"', "stop", str(marker)]
+        start = ["true"]
+        result = run_module("redis_snapshot", dict(server.login, state="restore", method="file", stop_command=stop,
+                                                   start_command=start, **repo))
+        assert result.get("failed"), result
+        msg = result["msg"]
+        assert str(server.datadir) in msg and "is full" in msg and "before Redis was stopped" in msg, msg
+        assert "corrupt" not in msg and "truncated" not in msg, msg
+        assert not marker.exists(), "the server was stopped although the RDB could not be staged"
+        assert server.client().get("small") == b"1"
+        assert sorted(os.listdir(server.datadir)) == [], os.listdir(server.datadir)
+    finally:
+        server.stop()
+        subprocess.run(["umount", str(server.datadir)], check=False)
+
+
+def test_a_deep_spool_dir_still_loads(redis_plain: RedisServer, tmp_path: Path) -> None:
+    """The local server's unix socket path is limited to 108 bytes; a deep spool_dir must not make a good
+    RDB look unloadable."""
+    populate(redis_plain, count=20)
+    repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "deep"}
+    assert not run_module("redis_snapshot", dict(redis_plain.login, **repo)).get("failed")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    verified = run_module("redis_snapshot", dict(repo, state="verify", level="load", spool_dir=str(deep)))
+    assert not verified.get("failed") and verified["verified"]["ok"], verified
+    assert os.listdir(deep) == []
+
+
+def test_tls_against_the_plain_port_says_the_server_does_not_speak_tls(redis_plain: RedisServer,
+                                                                       tmp_path: Path) -> None:
+    args = dict(redis_plain.login, tls=True, connect_timeout=2, wait_timeout=3600,
+                repository="file://%s" % (tmp_path / "repo"))
+    started = time.monotonic()
+    result = run_module("redis_snapshot", args)
+    elapsed = time.monotonic() - started
+    assert result.get("failed"), result
+    assert "does not speak TLS" in result["msg"] and "127.0.0.1:%d" % redis_plain.port in result["msg"], result["msg"]
+    assert "unexpected" not in result["msg"] and redis_plain.password not in json.dumps(result)
+    # Bounded by connect_timeout (2 s), not by the transfer or wait timeouts (300 s, 3600 s).
+    assert elapsed < 60, elapsed
+
+
+def test_backup_over_tls_and_certificate_checks(redis_tls: RedisServer, tmp_path: Path) -> None:
+    redis_tls.client().set("tls-key", "v")
+    repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "tls"}
+    ok = run_module("redis_snapshot", dict(redis_tls.tls_login, **repo))
+    assert not ok.get("failed"), ok
+    assert ok["manifest"]["redis"]["keys"] == {"db0": 1}
+    unverified = dict(redis_tls.tls_login, validate_certs=False, **repo)
+    unverified.pop("ca_certs")
+    assert not run_module("redis_snapshot", unverified).get("failed")
+    other_ca = make_tls_files(tmp_path / "other-ca", common_name="someone-else")
+    wrong = run_module("redis_snapshot", dict(redis_tls.tls_login, ca_certs=str(other_ca.ca_file), **repo))
+    assert wrong.get("failed") and "certificate" in wrong["msg"] and "failed verification" in wrong["msg"], wrong["msg"]
+    assert redis_tls.password not in json.dumps(wrong)

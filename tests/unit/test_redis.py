@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -11,7 +12,8 @@ import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._redis import (
-    CRC64, RDBInspector, RedisConnection, ReplicationSource, _config_without_aof, crc64_simple, parse_info)
+    CRC64, RDBInspector, RedisConnection, ReplicationSource, _config_without_aof, crc64_simple, directory_problem,
+    parse_info, redis_snapshot_argspec, validate_params)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import StreamError
 
 
@@ -142,3 +144,66 @@ def test_config_edit_turns_only_appendonly_off(tmp_path: t.Any) -> None:
     conf.write_text("port 1\n")
     with pytest.raises(RunbookError, match="no 'appendonly yes' line"):
         _config_without_aof(str(conf))
+
+
+def test_every_argument_is_a_length_prefixed_bulk_string() -> None:
+    """CR/LF in a value (a password) stays inside its bulk string: the server reads one command."""
+    payload = "p\r\nFLUSHALL\r\n"
+    encoded = RedisConnection.encode(["AUTH", "user", payload])
+    assert encoded == b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$13\r\np\r\nFLUSHALL\r\n\r\n"
+    assert RedisConnection.encode([b"\x00\r\n"]) == b"*1\r\n$3\r\n\x00\r\n\r\n"
+
+
+def _params(**changes: t.Any) -> dict:
+    params = {name: spec.get("default") for name, spec in redis_snapshot_argspec().items()}
+    params.update(compression="zstd", compression_level=None, compression_threads=0, set=None)
+    params.update(changes)
+    return params
+
+
+def test_valid_options_pass() -> None:
+    validate_params(_params())
+    validate_params(_params(login_host="::1", login_port=65535, connect_timeout=0.5, compression_level=22,
+                            compression_threads=0, login_password="any\r\nbytes\x00", spool_dir="/var/tmp",
+                            backup_id="20261124T031500.042Z-3fa91c", service_name="redis-server@main.service"))
+    validate_params(_params(compression="gzip", compression_level=9))
+    validate_params(_params(compression="none", compression_level=0))
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("login_port", 0, "login_port"), ("login_port", -1, "login_port"), ("login_port", 65536, "login_port"),
+    ("connect_timeout", 0.0, "connect_timeout"), ("connect_timeout", -3.0, "connect_timeout"),
+    ("connect_timeout", float("nan"), "connect_timeout"), ("connect_timeout", float("inf"), "connect_timeout"),
+    ("wait_timeout", 0, "wait_timeout"), ("wait_timeout", -1, "wait_timeout"),
+    ("compression_level", 0, "compression_level"), ("compression_level", -5, "compression_level"),
+    ("compression_level", 23, "compression_level"), ("compression_threads", -1, "compression_threads"),
+    ("compression_threads", 100000, "compression_threads"),
+    ("login_host", "a\r\nb", "login_host"), ("login_host", "h\x00", "login_host"), ("login_host", "../x", "login_host"),
+    ("login_host", "a b", "login_host"), ("login_host", "", "login_host"),
+    ("login_user", "u\r\nFLUSHALL", "login_user"), ("spool_dir", "/tmp/\x00x", "spool_dir"),
+    ("ca_certs", "ca\n.pem", "ca_certs"), ("set", "../other", "set"), ("backup_id", "../../x", "backup_id"),
+    ("service_name", "--host=evil", "service_name"), ("service_name", "a b", "service_name"),
+])
+def test_bad_options_are_refused_with_their_name(option: str, value: t.Any, words: str) -> None:
+    with pytest.raises(RunbookError, match=words):
+        validate_params(_params(**{option: value}))
+
+
+def test_a_default_set_from_a_hostile_host_is_refused() -> None:
+    with pytest.raises(RunbookError, match="login_host"):
+        validate_params(_params(login_host=".hidden"))
+    with pytest.raises(RunbookError, match="NUL byte"):
+        validate_params(_params(stop_command=["kill", "a\x00b"], start_command=["true"]))
+
+
+def test_the_password_never_appears_in_a_refusal() -> None:
+    with pytest.raises(RunbookError) as caught:
+        validate_params(_params(login_password=12345))
+    assert "12345" not in caught.value.msg
+
+
+@pytest.mark.parametrize("code, state", [(errno.ENOSPC, "is full"), (errno.EROFS, "is read-only"),
+                                         (errno.EACCES, "is not writable"), (errno.EIO, "could not be used")])
+def test_directory_problems_name_the_directory_and_the_cause(code: int, state: str) -> None:
+    problem = directory_problem("spool directory", "/srv/spool", OSError(code, os.strerror(code)), "writing x")
+    assert "/srv/spool" in problem.msg and state in problem.msg and os.strerror(code) in problem.msg
