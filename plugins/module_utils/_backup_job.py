@@ -11,6 +11,7 @@ import typing as t
 import warnings
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import parse_duration, parse_time, utcnow
+from ansible_collections.runbook.ops.plugins.module_utils._names import int_in
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
     Repository, backup_summary, encryption_identity_argspec, repository_argspec)
 from ansible_collections.runbook.ops.plugins.module_utils._retention import RETENTION_KEYS, policy_is_empty
@@ -39,6 +40,22 @@ def backup_job_argspec() -> dict:
         encryption_recipients=dict(type="list", elements="str", default=[]),
     )
     return spec
+
+
+# zstd and gzip accept these levels; more threads than this is a typo, not a machine.
+COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9)}
+MAX_COMPRESSION_THREADS = 256
+
+
+def check_compression(params: t.Mapping[str, t.Any]) -> None:
+    """``compression_level`` and ``compression_threads`` within what the compressor accepts, checked
+    before a backup starts (a bad level must not fail after the source was read)."""
+    algorithm = params.get("compression") or "zstd"
+    if params.get("compression_level") is not None and algorithm in COMPRESSION_LEVELS:
+        low, high = COMPRESSION_LEVELS[algorithm]
+        int_in("compression_level", params["compression_level"], low, high, "for %s" % algorithm)
+    if params.get("compression_threads") is not None:
+        int_in("compression_threads", params["compression_threads"], 0, MAX_COMPRESSION_THREADS, "0 uses every core")
 
 
 def compression_settings(params: dict) -> dict:

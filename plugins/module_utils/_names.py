@@ -232,6 +232,16 @@ def labels(what: str, value: t.Any) -> t.Dict[str, str]:
     return checked
 
 
+def int_in(what: str, value: t.Any, low: int, high: int, hint: str = "") -> int:
+    """An integer option within ``low..high`` (inclusive)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunbookError("%s %s is not an integer" % (what, shown(value)))
+    if not low <= value <= high:
+        raise RunbookError("%s=%d is out of range: it must be from %d to %d%s"
+                           % (what, value, low, high, "; " + hint if hint else ""))
+    return value
+
+
 def number(what: str, value: t.Any, minimum: t.Optional[float] = None, maximum: t.Optional[float] = None,
            above: bool = False) -> float:
     """A finite number in ``[minimum, maximum]`` (``above``: strictly greater than ``minimum``)."""

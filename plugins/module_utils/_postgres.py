@@ -46,8 +46,9 @@ import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
+from ansible_collections.runbook.ops.plugins.module_utils._backup_job import check_compression
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    check_params, conninfo, no_control, optional, passfile_field, path_segment, pg_name, shown)
+    check_params, conninfo, int_in, no_control, optional, passfile_field, path_segment, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
     NullSink, StreamError, SubprocessSink, SubprocessSource, decode_stream)
 
@@ -83,16 +84,6 @@ def connection_argspec() -> dict:
 
 
 # --------------------------------------------------------------------------- option checks
-
-def int_in(what: str, value: t.Any, low: int, high: int, hint: str = "") -> int:
-    """An integer option within ``low..high`` (inclusive)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RunbookError("%s %s is not an integer" % (what, shown(value)))
-    if not low <= value <= high:
-        raise RunbookError("%s=%d is out of range: it must be from %d to %d%s"
-                           % (what, value, low, high, "; " + hint if hint else ""))
-    return value
-
 
 def login_host(what: str, value: t.Any) -> str:
     """One host name or IP address (a directory means a Unix socket, as in libpq)."""
@@ -153,12 +144,7 @@ def check_numbers(params: t.Mapping[str, t.Any]) -> None:
         int_in("connect_timeout", params["connect_timeout"], 1, 86400, "0 would wait forever")
     if params.get("jobs") is not None:
         int_in("jobs", params["jobs"], 1, MAX_JOBS)
-    algorithm = params.get("compression") or "zstd"
-    if params.get("compression_level") is not None and algorithm != "none":
-        low, high = (1, 22) if algorithm == "zstd" else (1, 9)
-        int_in("compression_level", params["compression_level"], low, high, "for %s" % algorithm)
-    if params.get("compression_threads") is not None:
-        int_in("compression_threads", params["compression_threads"], 0, 256, "0 uses every core")
+    check_compression(params)
 
 
 def check_options(params: t.Mapping[str, t.Any]) -> None:

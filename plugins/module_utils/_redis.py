@@ -31,7 +31,7 @@ import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
-    UNENCRYPTED_WARNING, backup_result, compression_settings, fresh_backup, prune_after_success)
+    UNENCRYPTED_WARNING, backup_result, check_compression, compression_settings, fresh_backup, prune_after_success)
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch, tls_handshake
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     backup_id as backup_id_name, check_params, host_name, local_path, no_control, number, optional, path_segment, shown)
@@ -1579,9 +1579,6 @@ def redis_snapshot_argspec() -> dict:
     return spec
 
 
-ZSTD_LEVELS = (1, 22)
-GZIP_LEVELS = (1, 9)
-MAX_THREADS = 256
 MAX_WAIT_TIMEOUT = 30 * 86400
 
 
@@ -1635,16 +1632,7 @@ def validate_params(params: dict) -> None:
     wait = params.get("wait_timeout")
     if wait is not None and not 1 <= wait <= MAX_WAIT_TIMEOUT:
         raise RunbookError("wait_timeout must be between 1 and %d seconds (30 days), not %s" % (MAX_WAIT_TIMEOUT, shown(wait)))
-    level = params.get("compression_level")
-    algorithm = params.get("compression") or "zstd"
-    if level is not None and algorithm != "none":
-        low, high = ZSTD_LEVELS if algorithm == "zstd" else GZIP_LEVELS
-        if not low <= level <= high:
-            raise RunbookError("compression_level %s is out of range for %s (%d to %d)" % (level, algorithm, low, high))
-    threads = params.get("compression_threads")
-    if threads is not None and not 0 <= threads <= MAX_THREADS:
-        raise RunbookError("compression_threads %s is out of range (0 uses every core, at most %d)"
-                           % (threads, MAX_THREADS))
+    check_compression(params)
     if not params.get("set"):
         path_segment("the default set (login_host-login_port, since set is empty)", default_set(params))
 
