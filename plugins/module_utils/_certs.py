@@ -21,12 +21,16 @@ import datetime
 import os
 import socket
 import ssl
+import stat
 import tempfile
 import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
-    RunbookError, Stopwatch, isoformat, parse_time, utcnow,
+    RunbookError, Stopwatch, isoformat, parse_time, tls_handshake, utcnow,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._names import (
+    k8s_name, local_path, no_control, number, shown,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._findings import finding, sort_findings, summarize
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
@@ -35,7 +39,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
 
 try:
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -53,6 +57,11 @@ CHECK = "certificates"
 BACKDATE = datetime.timedelta(minutes=5)
 SECRET_TLS = "kubernetes.io/tls"
 PEM_CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
+# A PEM file (a chain, a key) is small; anything larger is not what was meant (/dev/zero, a disk image).
+MAX_PEM_BYTES = 1024 * 1024
+MAX_DAYS = 36500
+MAX_WAIT = 86400
+MAX_CONNECT_TIMEOUT = 3600
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,38 +71,92 @@ PEM_CERT_MARKER = b"-----BEGIN CERTIFICATE-----"
 def load_certificates(data: t.Union[bytes, str], what: str) -> t.List["x509.Certificate"]:
     """Every certificate of a PEM bundle (the first is the leaf); RunbookError when there is none."""
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")
     if PEM_CERT_MARKER not in data:
         raise RunbookError("%s holds no PEM certificate" % what)
     try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+        certs = x509.load_pem_x509_certificates(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise RunbookError("%s: cannot parse the PEM certificate: %s" % (what, exc))
+    for cert in certs:
+        try:
+            cert_facts(cert)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise RunbookError("%s: the certificate cannot be read (malformed name or extension: %s)" % (what, exc))
+    return certs
 
 
 def load_private_key(data: t.Union[bytes, str], what: str, passphrase: t.Optional[str] = None) -> t.Any:
     if isinstance(data, str):
-        data = data.encode()
+        data = data.encode("utf-8", "surrogateescape")
     try:
-        return serialization.load_pem_private_key(data, password=passphrase.encode() if passphrase else None)
+        password = passphrase.encode("utf-8", "surrogateescape") if passphrase else None
+        key = serialization.load_pem_private_key(data, password=password)
     except TypeError as exc:
         # Encrypted without a passphrase, or a passphrase for an unencrypted key.
         raise RunbookError("%s: %s" % (what, "the key is encrypted and no passphrase was given"
-                                       if "encrypted" in str(exc).lower() and not passphrase else exc))
-    except ValueError:
+                                       if "encrypted" in str(exc).lower() and not passphrase
+                                       else "a passphrase was given but the key is not encrypted"))
+    except (ValueError, UnicodeError):
         raise RunbookError("%s is not a readable PEM private key (or the passphrase is wrong)" % what)
+    except UnsupportedAlgorithm as exc:
+        raise RunbookError("%s is a private key of a type that cannot be used: %s" % (what, exc))
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        raise RunbookError("%s is a %s key; only RSA, ECDSA and Ed25519 keys sign certificates here"
+                           % (what, type(key).__name__.replace("_", "").replace("PrivateKey", "") or "unknown"))
+    return key
 
 
-def text_or_file(value: str, what: str) -> bytes:
-    """PEM text as is, or the content of the file it names."""
-    if "-----BEGIN" in value:
-        return value.encode()
-    path = os.path.expanduser(value)
+def read_pem_file(path: str, what: t.Optional[str] = None) -> bytes:
+    """The content of a PEM file: a regular file (never a FIFO or a device, which could block or never end)
+    of at most ``MAX_PEM_BYTES``. RunbookError names ``what`` (the option, when given), the path and the cause."""
+    def fail(text: str) -> RunbookError:
+        return RunbookError("%s: %s" % (what, text) if what else text)
+
+    local_path(what or "path", path)
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise RunbookError("%s: cannot read %s: %s" % (what, path, exc.strerror or exc))
+        raise fail("cannot read %s: %s" % (path, exc.strerror or exc))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise fail("cannot read %s: it is not a regular file" % path)
+        if info.st_size > MAX_PEM_BYTES:
+            raise fail("cannot read %s: it is %d bytes, larger than any PEM file (at most %d); is it the right file?"
+                       % (path, info.st_size, MAX_PEM_BYTES))
+        chunks: t.List[bytes] = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_PEM_BYTES:
+                raise fail("cannot read %s: it is larger than any PEM file (at most %d bytes)" % (path, MAX_PEM_BYTES))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise fail("cannot read %s: %s" % (path, exc.strerror or exc))
+    finally:
+        os.close(fd)
+
+
+def text_or_file(value: str, what: str, secret: bool = False) -> bytes:
+    """PEM text as is, or the content of the file it names. With ``secret`` (a key given inline by
+    mistake without its PEM header), no message shows a part of the value."""
+    if not isinstance(value, str):
+        raise RunbookError("%s must be PEM text or a file path, not %s" % (what, type(value).__name__))
+    if "-----BEGIN" in value:
+        return value.encode("utf-8", "surrogateescape")
+    try:
+        local_path(what, value)
+    except RunbookError as exc:
+        if secret:
+            raise RunbookError("%s holds no PEM text (no -----BEGIN line) and is no usable file path either (empty, "
+                               "too long, or with a control character)" % what)
+        raise RunbookError("%s holds no PEM text (no -----BEGIN line), so it is read as a file path: %s" % (what, exc.msg))
+    return read_pem_file(os.path.expanduser(value), what)
 
 
 def public_bytes(key: t.Any) -> bytes:
@@ -262,7 +325,7 @@ class Issuer:
         chain_pem = text_or_file(options["ca_cert"], "issuer.ca_cert")
         certs = load_certificates(chain_pem, "issuer.ca_cert")
         ca_cert = certs[0]
-        ca_key = load_private_key(text_or_file(options["ca_key"], "issuer.ca_key"), "issuer.ca_key",
+        ca_key = load_private_key(text_or_file(options["ca_key"], "issuer.ca_key", secret=True), "issuer.ca_key",
                                   options.get("ca_key_passphrase"))
         subject = ca_cert.subject.rfc4514_string()
         if not key_matches(ca_key, ca_cert):
@@ -361,18 +424,32 @@ def fetch_endpoint_certificate(host: str, port: int, server_name: t.Optional[str
     sni = server_name or (None if _is_ip(host) else host)
     where = "%s:%d" % (host, port)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with context.wrap_socket(sock, server_hostname=sni) as tls:
-                der = tls.getpeercert(binary_form=True)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except socket.timeout:
-        raise RunbookError("TLS endpoint %s: timed out after %ss" % (where, timeout))
-    except ssl.SSLError as exc:
-        raise RunbookError("TLS endpoint %s: TLS handshake failed: %s" % (where, exc.reason or exc))
+        raise RunbookError("TLS endpoint %s: cannot connect: no answer within connect_timeout %ss" % (where, timeout))
     except OSError as exc:
         raise RunbookError("TLS endpoint %s: cannot connect: %s" % (where, (exc.strerror or str(exc)).lower()))
+    except (ValueError, UnicodeError) as exc:  # a host name the resolver refuses (too long, bad IDNA)
+        raise RunbookError("TLS endpoint %s: host %s is not a valid host name: %s" % (where, shown(host), exc))
+    try:
+        with tls_handshake(sock, context, sni, "TLS endpoint %s" % where) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except RunbookError:
+        raise
+    except (ValueError, UnicodeError) as exc:  # a server_name ssl refuses
+        sock.close()
+        raise RunbookError("TLS endpoint %s: server_name %s cannot be sent: %s" % (where, shown(sni), exc))
+    except OSError as exc:
+        raise RunbookError("TLS endpoint %s: the connection failed during the TLS handshake: %s"
+                           % (where, (exc.strerror or str(exc)).lower()))
     if not der:
         raise RunbookError("TLS endpoint %s presented no certificate" % where)
-    return x509.load_der_x509_certificate(der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        cert_facts(cert)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise RunbookError("TLS endpoint %s presented a certificate that cannot be read: %s" % (where, exc))
+    return cert
 
 
 def _is_ip(host: str) -> bool:
@@ -458,16 +535,22 @@ class Renewer:
         self.client = client
         self.check_mode = check_mode
         self.want_diff = diff
+        if params.get("now"):
+            no_control("now", params["now"])
         self.now = parse_time(params.get("now"), "now")
-        self.remaining_days = float(params.get("remaining_days") if params.get("remaining_days") is not None else 30)
+        self.remaining_days = number("remaining_days", params.get("remaining_days")
+                                     if params.get("remaining_days") is not None else 30, 0, MAX_DAYS)
         pct = params.get("remaining_percentage")
-        if pct is not None and not 0 < float(pct) < 1:
+        if pct is not None and not 0 < number("remaining_percentage", pct) < 1:
             raise RunbookError("remaining_percentage must be a fraction of the lifetime between 0 and 1 "
                                "(for example 0.33), not %s" % pct)
         self.remaining_percentage = None if pct is None else float(pct)
         self.force = bool(params.get("force"))
-        if int(params.get("validity_days") or 90) < 1:
-            raise RunbookError("validity_days must be at least 1, not %s" % params.get("validity_days"))
+        validity = params.get("validity_days")
+        number("validity_days", 90 if validity is None else validity, 1, MAX_DAYS)
+        for option, high in (("wait_timeout", MAX_WAIT), ("connect_timeout", MAX_CONNECT_TIMEOUT)):
+            if params.get(option) is not None:
+                number(option, params[option], 0, high, above=True)
         self.issuer: t.Optional[Issuer] = None
         self.entries: t.List[Entry] = []
         self.extra_findings: t.List[dict] = []
@@ -487,6 +570,7 @@ class Renewer:
         for index, src in enumerate(sources):
             kind = src.get("type")
             where = "sources[%d] (type %s)" % (index, kind)
+            _check_source_values(src, "sources[%d]" % index)
             if kind in ("tls_secret", "certificate"):
                 if src.get("name") and (src.get("label_selector") or src.get("all")):
                     raise RunbookError("%s: name is mutually exclusive with label_selector and all" % where)
@@ -601,6 +685,12 @@ class Renewer:
                 self._unreadable(object_ref("Secret", "*", ns), "tls_secret", exc,
                                  "unknown" if isinstance(exc, K8sForbidden) else "warning")
                 return
+            except K8sError as exc:
+                if exc.status == 400:
+                    raise RunbookError("label_selector %s (Secrets in namespace %s) is refused by the API server as "
+                                       "a label selector: %s" % (shown(src["label_selector"]), ns,
+                                                                 exc.api_message or exc.msg))
+                raise
             if not secrets:
                 self.extra_findings.append(finding(
                     "warning", CHECK, object_ref("Secret", "*", ns),
@@ -710,12 +800,7 @@ class Renewer:
         obj = "File" + (path if path.startswith("/") else "/" + path)
         entry = Entry("file", obj)
         try:
-            with open(path, "rb") as handle:
-                content = handle.read()
-            chain = load_certificates(content, path)
-        except OSError as exc:
-            self._unreadable(obj, "file", RunbookError("cannot read %s: %s" % (path, exc.strerror or exc)))
-            return
+            chain = load_certificates(read_pem_file(path), path)
         except RunbookError as exc:
             self._unreadable(obj, "file", exc)
             return
@@ -729,14 +814,23 @@ class Renewer:
                                   % obj)
             return
         key_path = os.path.expanduser(key_path)
+        ca_path = os.path.expanduser(src["ca_path"]) if src.get("ca_path") else None
         old_key = None
-        if os.path.exists(key_path):
+        if os.path.lexists(key_path):
             try:
-                with open(key_path, "rb") as handle:
-                    old_key = handle.read()
-            except OSError as exc:
-                self._renewal_failed(entry, RunbookError("renew %s: cannot read %s: %s"
-                                                         % (obj, key_path, exc.strerror or exc)))
+                old_key = read_pem_file(key_path, "key_path")
+            except RunbookError as exc:
+                self._renewal_failed(entry, RunbookError("renew %s: %s; nothing was written" % (obj, exc.msg)))
+                return
+        reuse = bool(self.params.get("reuse_key") and old_key)
+        # Checked in check mode too, so that it says what the real run would do.
+        destinations = ([] if reuse else [("key_path", key_path)]) + [("path", path)] + (
+            [("ca_path", ca_path)] if ca_path else [])
+        for option, destination in destinations:
+            problem = unwritable(destination)
+            if problem:
+                self._renewal_failed(entry, RunbookError("renew %s: cannot write %s %s: %s; nothing was written"
+                                                         % (obj, option, destination, problem)))
                 return
         try:
             cert, key, ca_pem = self._issue(entry, leaf, old_key, key_path)
@@ -746,15 +840,12 @@ class Renewer:
         self._record(entry, cert)
         if self.check_mode:
             return
-        ca_path = src.get("ca_path")
         bundle = cert_pem(cert) + (b"" if ca_path else ca_pem)
+        files = ([] if reuse else [(key_path, key_pem(key), 0o600)]) + [(path, bundle, None)]
+        if ca_path:
+            files.append((ca_path, ca_pem, None))
         try:
-            # Key first: a new key next to the old certificate is harmless until the certificate follows.
-            if not (self.params.get("reuse_key") and old_key):
-                write_atomic(key_path, key_pem(key), 0o600)
-            write_atomic(path, bundle, None)
-            if ca_path:
-                write_atomic(os.path.expanduser(ca_path), ca_pem, None)
+            write_together(files)
         except RunbookError as exc:
             self._renewal_failed(entry, RunbookError("renew %s: %s" % (obj, exc.msg)))
 
@@ -981,28 +1072,131 @@ class Renewer:
                     self.consumers.append(item)
 
 
-def write_atomic(path: str, data: bytes, mode: t.Optional[int]) -> None:
-    """Write next to ``path`` and rename over it; keeps an existing file's mode unless ``mode`` is given."""
+def unwritable(path: str) -> t.Optional[str]:
+    """Why ``path`` cannot be replaced by a file written next to it (None when it can): its directory is
+    missing, not a directory, read-only (also for root, on a read-only file system) or not writable, or
+    ``path`` itself is a directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return "it is a directory"
+    if not os.path.isdir(directory):
+        return "its directory %s does not exist" % directory
+    if not os.access(directory, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        return "its directory %s is %s" % (directory, "on a read-only file system" if read_only else "not writable")
+    return None
+
+
+def _stage(path: str, data: bytes, mode: t.Optional[int]) -> str:
+    """Write ``data`` to a new temporary file next to ``path`` (flushed to disk); returns its name."""
     directory = os.path.dirname(os.path.abspath(path))
     if mode is None:
         try:
             mode = os.stat(path).st_mode & 0o777
         except OSError:
             mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cert_renew.")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cert_renew.")
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        return tmp
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            _unlink(tmp)
         raise RunbookError("cannot write %s: %s" % (path, exc.strerror or exc))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_atomic(path: str, data: bytes, mode: t.Optional[int]) -> None:
+    """Write next to ``path`` and rename over it; keeps an existing file's mode unless ``mode`` is given."""
+    write_together([(path, data, mode)])
+
+
+def write_together(files: t.Sequence[t.Tuple[str, bytes, t.Optional[int]]]) -> None:
+    """Replace several files (a key and its certificate) so that a failure leaves them all as they were.
+
+    Every new file is written in full next to its destination first; a failure there (read-only or
+    full file system) removes them and changes nothing. Only then are they renamed into place, in
+    order; should a rename fail, the files already replaced get their old content back.
+    """
+    staged: t.List[t.Tuple[str, str]] = []
+    try:
+        for path, data, mode in files:
+            staged.append((path, _stage(path, data, mode)))
+    except RunbookError as exc:
+        for _path, tmp in staged:
+            _unlink(tmp)
+        raise RunbookError("%s; nothing was written" % exc.msg)
+    old: t.List[t.Tuple[str, t.Optional[bytes], int]] = []
+    for path, _tmp in staged:
+        try:
+            with open(path, "rb") as handle:
+                old.append((path, handle.read(), os.stat(path).st_mode & 0o777))
+        except OSError:
+            old.append((path, None, 0))
+    done: t.List[int] = []
+    for index, (path, tmp) in enumerate(staged):
+        try:
+            os.replace(tmp, path)
+            done.append(index)
+        except OSError as exc:
+            for _path, later in staged[index:]:
+                _unlink(later)
+            problems = []
+            for undo in reversed(done):
+                old_path, content, old_mode = old[undo]
+                try:
+                    if content is None:
+                        os.unlink(old_path)
+                    else:
+                        os.replace(_stage(old_path, content, old_mode), old_path)
+                except (OSError, RunbookError) as inner:
+                    problems.append("%s: %s" % (old_path, getattr(inner, "msg", None) or inner))
+            raise RunbookError("cannot write %s: %s; %s" % (
+                path, exc.strerror or exc, "the files written before it were put back" if not problems else
+                "putting back the files written before it failed too (%s)" % "; ".join(problems)))
+
+
+def _check_source_values(src: t.Mapping[str, t.Any], where: str) -> None:
+    """The names, host, port and paths of one source, checked before anything is read."""
+    if src.get("namespace"):
+        k8s_name("%s.namespace" % where, src["namespace"], label=True)
+    if src.get("name"):
+        k8s_name("%s.name" % where, src["name"])
+    if src.get("label_selector"):
+        selector = no_control("%s.label_selector" % where, src["label_selector"])
+        if len(selector) > 1024:
+            raise RunbookError("%s.label_selector %s is longer than 1024 characters" % (where, shown(selector)))
+    if src.get("host") is not None:
+        host = no_control("%s.host" % where, src["host"])
+        if not host.strip() or len(host) > 253 or host != host.strip():
+            raise RunbookError("%s.host %s is not a host name or address (1 to 253 characters, no spaces around it)"
+                               % (where, shown(host)))
+    if src.get("type") == "endpoint" and src.get("port") is not None:
+        port = number("%s.port" % where, src["port"], 1, 65535)
+        if port != int(port):
+            raise RunbookError("%s.port must be a whole number" % where)
+    if src.get("server_name"):
+        name = no_control("%s.server_name" % where, src["server_name"])
+        if len(name) > 253 or " " in name:
+            raise RunbookError("%s.server_name %s is not a TLS server name (at most 253 characters, no spaces)"
+                               % (where, shown(name)))
+    for option in ("path", "key_path", "ca_path"):
+        if src.get(option) is not None:
+            local_path("%s.%s" % (where, option), src[option])
 
 
 def needs_kubernetes(params: t.Mapping[str, t.Any]) -> bool:

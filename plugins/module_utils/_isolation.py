@@ -27,6 +27,9 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, isoformat, utcnow
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, K8sNotFound, object_ref
+from ansible_collections.runbook.ops.plugins.module_utils._names import (
+    duration, k8s_name, labels as check_labels, no_control, number, path_segment, shown,
+)
 
 PREFIX = "runbook.ops/"
 QUARANTINE_LABEL = PREFIX + "quarantine"
@@ -58,9 +61,10 @@ SERVER_FIELDS = ("resourceVersion", "managedFields", "uid", "generation", "creat
 
 
 def check_incident_id(incident_id: t.Optional[str]) -> str:
-    if not incident_id or not INCIDENT_RE.match(incident_id):
-        raise RunbookError("incident_id %r is not valid: use 1 to 63 lowercase letters, digits and dashes, "
-                           "starting and ending with a letter or digit" % (incident_id,))
+    # fullmatch: "$" alone would let a trailing newline through.
+    if not incident_id or not isinstance(incident_id, str) or not INCIDENT_RE.fullmatch(incident_id):
+        raise RunbookError("incident_id %s is not valid: use 1 to 63 lowercase letters, digits and dashes, "
+                           "starting and ending with a letter or digit" % shown(incident_id))
     return incident_id
 
 
@@ -80,10 +84,11 @@ def selector_string(labels: t.Optional[t.Mapping[str, str]]) -> t.Optional[str]:
 
 def parse_workload(ref: str) -> t.Tuple[str, str, str, str]:
     """``Deployment/name`` -> ``(api_version, plural, Kind, name)``."""
-    kind, sep, name = ref.partition("/")
+    kind, sep, name = no_control("scale_to_zero entry", ref).partition("/")
     if not sep or not name or "/" in name or kind.lower() not in WORKLOADS:
-        raise RunbookError("scale_to_zero entry %r is not Kind/name with Kind one of Deployment, StatefulSet, "
-                           "ReplicaSet" % ref)
+        raise RunbookError("scale_to_zero entry %s is not Kind/name with Kind one of Deployment, StatefulSet, "
+                           "ReplicaSet" % shown(ref))
+    k8s_name("scale_to_zero entry %s: name" % shown(ref), name)
     api_version, plural, kind_name = WORKLOADS[kind.lower()]
     return api_version, plural, kind_name, name
 
@@ -244,6 +249,7 @@ class Isolator:
         self.warnings: t.List[str] = []
         self.diff_before: dict = {}
         self.diff_after: dict = {}
+        self.matched_pods: t.List[str] = []
 
     # -- record -----------------------------------------------------------------------------------
 
@@ -257,7 +263,9 @@ class Isolator:
             return None
         try:
             record = json.loads((cm.get("data") or {})[RECORD_KEY])
-        except (KeyError, ValueError):
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (KeyError, ValueError, TypeError):
             raise RunbookError("%s exists but holds no readable isolation record (key %s); it was not written by "
                                "runbook.ops or was edited by hand" % (self.record_ref, RECORD_KEY))
         if record.get("incident_id") != self.incident_id:
@@ -291,6 +299,7 @@ class Isolator:
         """The steps still needed, as ``(what, name, payload)``; adds them to ``record`` first."""
         steps: t.List[t.Tuple[str, str, t.Any]] = []
         pods = self.selected_pods(pod_selector)
+        self.matched_pods = [p["metadata"]["name"] for p in pods]
         pod_labels = [p["metadata"].get("labels") or {} for p in pods]
         if pod_selector:
             pod_labels.append(dict(pod_selector))  # also Pods created later
@@ -364,6 +373,27 @@ class Isolator:
                                  "label, so Pods created later are covered once the isolation runs again"
                                  % QUARANTINE_LABEL)
         return steps
+
+    def empty_match(self, pod_selector: t.Mapping[str, str]) -> str:
+        """Why a pod_selector that matches no Pod is refused, with the values the namespace's Pods carry
+        for its label keys (a typo is then easy to see)."""
+        pods = self.client.list("v1", "pods", self.namespace)
+        seen = []
+        for key in sorted(pod_selector):
+            values = sorted({(p["metadata"].get("labels") or {}).get(key) for p in pods} - {None})
+            if values:
+                more = ", ..." if len(values) > 10 else ""
+                seen.append(", ".join("%s=%s" % (key, value) for value in values[:10]) + more)
+        if not pods:
+            there = "the namespace has no Pod at all"
+        elif seen:
+            there = "its Pods carry %s" % "; ".join(seen)
+        else:
+            which = "its only Pod does not carry" if len(pods) == 1 else "none of its %d Pods carries" % len(pods)
+            there = "%s the label %s" % (which, " or ".join(sorted(pod_selector)))
+        return ("pod_selector %s matches no Pod in namespace %s, so nothing was isolated and nothing changed; %s. "
+                "Check the selector, or set allow_empty_selector=true to isolate now the Pods that will carry "
+                "these labels later" % (selector_string(pod_selector), self.namespace, there))
 
     # -- applying ---------------------------------------------------------------------------------
 
@@ -563,8 +593,14 @@ def _summary(record: t.Optional[dict]) -> dict:
 def isolate(client: K8sClient, namespace: str, incident_id: str, pod_selector: t.Optional[dict],
             allow_dns: bool, allow_from_namespaces: t.Sequence[str], allow_cidrs: t.Sequence[str],
             suspend_services: bool, scale_to_zero: t.Sequence[str], label_pods: bool, check_mode: bool,
-            capture: t.Optional[t.Callable[[], dict]] = None) -> dict:
-    """Isolate; ``capture`` (evidence) runs before the first change of a new isolation."""
+            capture: t.Optional[t.Callable[[], dict]] = None, allow_empty_selector: bool = False) -> dict:
+    """Isolate; ``capture`` (evidence) runs before the first change of a new isolation.
+
+    A new isolation whose ``pod_selector`` matches no Pod is refused before anything is captured or
+    changed (in check mode too), unless ``allow_empty_selector``: during an incident, a mistyped
+    label must not read as a quarantine. Later runs of an isolation in effect are not refused (its
+    Pods may be gone, scaled to zero by the first run).
+    """
     incident_id = check_incident_id(incident_id)
     if client.get("v1", "namespaces", namespace, missing_ok=True) is None:
         raise RunbookError("cannot isolate namespace %s: it does not exist" % namespace)
@@ -581,6 +617,12 @@ def isolate(client: K8sClient, namespace: str, incident_id: str, pod_selector: t
     record = copy.deepcopy(existing) if existing else empty_record(incident_id, namespace, pod_selector, options)
     record["options"] = options
     steps = iso.plan(record, pod_selector, deny_spec, suspend_services, scale_to_zero, label_pods)
+    if pod_selector and existing is None and not iso.matched_pods:
+        if not allow_empty_selector:
+            raise RunbookError(iso.empty_match(pod_selector), changed=False, isolated=False, changes=[])
+        iso.warnings.append("pod_selector %s matches no Pod in namespace %s now (allow_empty_selector=true): the "
+                            "isolation quarantines the Pods that will carry these labels"
+                            % (selector_string(pod_selector), namespace))
     evidence = (existing or {}).get("evidence")
     if existing is None:
         iso.changes.insert(0, "create the isolation record %s" % iso.record_ref)
@@ -698,6 +740,7 @@ def argument_spec() -> dict:
         state=dict(type="str", choices=["isolated", "released"], default="isolated"),
         incident_id=dict(type="str"),
         pod_selector=dict(type="dict"),
+        allow_empty_selector=dict(type="bool", default=False),
         allow_dns=dict(type="bool", default=False),
         allow_from_namespaces=dict(type="list", elements="str", default=[]),
         allow_cidrs=dict(type="list", elements="str", default=[]),
@@ -706,6 +749,54 @@ def argument_spec() -> dict:
         label_pods=dict(type="bool", default=True),
         evidence=dict(type="dict", apply_defaults=True, options=evidence),
     )
+
+
+MAX_LOG_BYTES = 1 << 40
+
+
+def validate_params(params: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, str]]:
+    """Every name, label, number and duration a user (or a survey) can set, checked before the API is
+    asked, in check mode as in a real run; returns the pod_selector as label text (None for all Pods)."""
+    k8s_name("namespace", params.get("namespace"), label=True)
+    if params.get("incident_id") is not None or params.get("state", "isolated") == "isolated":
+        check_incident_id(params.get("incident_id"))
+    raw = params.get("pod_selector")
+    pod_selector = None
+    if raw:
+        for key, value in raw.items():
+            if value is None or isinstance(value, (dict, list)):
+                raise RunbookError("pod_selector[%s] must be a label value (text), not %s" % (key, shown(value)))
+        pod_selector = check_labels("pod_selector", {str(k): str(v) for k, v in raw.items()}) or None
+    for index, ns in enumerate(params.get("allow_from_namespaces") or []):
+        k8s_name("allow_from_namespaces[%d]" % index, ns, label=True)
+    for index, cidr in enumerate(params.get("allow_cidrs") or []):
+        no_control("allow_cidrs[%d]" % index, cidr)
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise RunbookError("allow_cidrs[%d] %s is not a CIDR (for example 10.20.0.0/16)" % (index, shown(cidr)))
+    for ref in params.get("scale_to_zero") or []:
+        parse_workload(ref)
+    ev = params.get("evidence") or {}
+    if ev.get("capture", True) and params.get("state", "isolated") == "isolated":
+        if ev.get("set"):
+            path_segment("evidence.set", ev["set"])
+        if ev.get("log_tail_lines") is not None:
+            number("evidence.log_tail_lines", ev["log_tail_lines"], 1, 10 ** 9)
+        if ev.get("log_limit_bytes") is not None:
+            number("evidence.log_limit_bytes", ev["log_limit_bytes"], 1, MAX_LOG_BYTES)
+        if ev.get("since"):
+            duration("evidence.since", ev["since"], 0, 100 * 365 * 86400.0, above=True)
+        for key, value in (ev.get("labels") or {}).items():
+            no_control("evidence.labels key", str(key))
+            no_control("evidence.labels[%s]" % key, str(value))
+        if ev.get("encryption_recipients"):
+            from ansible_collections.runbook.ops.plugins.module_utils._stream import parse_recipients
+
+            for index, recipient in enumerate(ev["encryption_recipients"]):
+                no_control("evidence.encryption_recipients[%d]" % index, recipient)
+            parse_recipients(ev["encryption_recipients"])
+    return pod_selector
 
 
 UNENCRYPTED_EVIDENCE = ("evidence.encryption_recipients is empty: the evidence is stored unencrypted; anyone who "
@@ -717,9 +808,9 @@ def run(module: t.Any) -> dict:
     from ansible_collections.runbook.ops.plugins.module_utils._k8s import AUTH_OPTIONS
 
     params = module.params
+    pod_selector = validate_params(params)
     client = K8sClient.from_params({key: params.get(key) for key in AUTH_OPTIONS})
     namespace = params["namespace"]
-    pod_selector = {str(k): str(v) for k, v in (params.get("pod_selector") or {}).items()} or None
     if params["state"] == "released":
         incidents = [params["incident_id"]] if params.get("incident_id") else recorded_incidents(client, namespace)
         if not params.get("incident_id") and not incidents:
@@ -755,7 +846,8 @@ def run(module: t.Any) -> dict:
                 extra_warnings.append(UNENCRYPTED_EVIDENCE)
         result = isolate(client, namespace, params["incident_id"], pod_selector, params["allow_dns"],
                          params["allow_from_namespaces"], params["allow_cidrs"], params["suspend_services"],
-                         params["scale_to_zero"], params["label_pods"], module.check_mode, capture)
+                         params["scale_to_zero"], params["label_pods"], module.check_mode, capture,
+                         allow_empty_selector=bool(params.get("allow_empty_selector")))
         if result["changed"] and result.get("evidence") is not None and extra_warnings:
             result["warnings"] += extra_warnings
     if not module._diff:  # pylint: disable=protected-access

@@ -19,12 +19,16 @@ import copy
 import datetime
 import hashlib
 import json
+import re
 import secrets
 import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
-    RunbookError, isoformat, parse_duration, parse_time, utcnow,
+    RunbookError, isoformat, parse_time, utcnow,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._names import (
+    duration, k8s_data_key, k8s_name, no_control, number, shown,
 )
 
 # alg -> (kty, curve or HMAC secret length in random bytes)
@@ -38,10 +42,14 @@ HMAC_ALGORITHMS = ("HS256", "HS512")
 STATES = ("next", "active", "retired")
 META_MEMBERS = ("state", "created", "activated", "retire_at")
 # RFC 7638 section 3.2: the required members of each key type, in lexicographic order.
+_B64U = re.compile(r"^[A-Za-z0-9_-]*$")
 THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"),
                       "oct": ("k", "kty")}
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # larger keys take minutes to make and nothing verifies them faster
+# How many removed kids the set remembers, so that revoking a kid again is recognised (not a typo).
+REMOVED_HISTORY = 100
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "runbook.ops"}
 WORKLOAD_KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
@@ -89,6 +97,9 @@ def check_algorithm(alg: str, key_size: int) -> None:
         raise RunbookError("algorithm %r is not supported (use %s)" % (alg, ", ".join(ALGORITHMS)))
     if ALGORITHMS[alg][0] == "RSA" and key_size < MIN_RSA_BITS:
         raise RunbookError("key_size %d is too small for %s: RSA keys need at least %d bits" % (key_size, alg, MIN_RSA_BITS))
+    if ALGORITHMS[alg][0] == "RSA" and key_size > MAX_RSA_BITS:
+        raise RunbookError("key_size %d is too large for %s: at most %d bits (a larger key takes minutes to make)"
+                           % (key_size, alg, MAX_RSA_BITS))
 
 
 def generate_jwk(alg: str, key_size: int = 3072) -> dict:
@@ -266,8 +277,13 @@ _ORDER = {"active": 0, "next": 1, "retired": 2}
 
 
 class KeySet:
-    def __init__(self, keys: t.Optional[t.List[Key]] = None) -> None:
+    """The keys, and the kids removed lately (member ``removed`` of the stored set: ``kid``, ``removed``
+    (when) and ``reason``, ``revoked`` or ``dropped``), so that revoking an already removed kid again is
+    recognised and not taken for a mistyped one."""
+
+    def __init__(self, keys: t.Optional[t.List[Key]] = None, removed: t.Optional[t.List[dict]] = None) -> None:
         self.keys: t.List[Key] = list(keys or [])
+        self.removed: t.List[dict] = list(removed or [])
 
     @classmethod
     def parse(cls, text: t.Union[str, bytes, None], now: datetime.datetime, grace: float,
@@ -287,9 +303,17 @@ class KeySet:
             if not isinstance(entry, dict) or entry.get("kty") not in THUMBPRINT_MEMBERS:
                 raise RunbookError("%s: entry %d is not a JWK of a supported type (RSA, EC, OKP, oct)" % (where, index))
             entry = dict(entry)
+            for member in THUMBPRINT_MEMBERS[entry["kty"]] + tuple(m for m in PRIVATE_MEMBERS if m in entry and m != "oth"):
+                if member != "kty" and not (isinstance(entry.get(member), str) and _B64U.match(entry[member])):
+                    raise RunbookError("the stored key set is damaged: %s: member %s of entry %d is missing or not "
+                                       "base64url text" % (where, member, index))
             entry.setdefault("kid", thumbprint(entry))
+            if not isinstance(entry["kid"], str) or not entry["kid"]:
+                raise RunbookError("the stored key set is damaged: %s: entry %d has a kid that is not text" % (where, index))
             if "alg" not in entry:
                 raise RunbookError("%s: key %s has no alg member" % (where, entry["kid"]))
+            if not isinstance(entry["alg"], str):
+                raise RunbookError("the stored key set is damaged: %s: alg of key %s is not text" % (where, entry["kid"]))
             entry.setdefault("use", "sig")
             state = entry.get("state")
             created = _time(entry.get("created"), "created of key %s" % entry["kid"]) or now
@@ -309,16 +333,32 @@ class KeySet:
             if any(k.kid == entry["kid"] for k in keys):
                 raise RunbookError("%s holds key %s twice" % (where, entry["kid"]))
             keys.append(Key(entry, state, created, activated, retire_at))
-        return cls(keys)
+        removed = [dict(kid=item["kid"], removed=str(item.get("removed") or ""), reason=str(item.get("reason") or ""))
+                   for item in doc.get("removed") or [] if isinstance(item, dict) and isinstance(item.get("kid"), str)]
+        return cls(keys, removed)
 
     def sorted(self) -> "KeySet":
         def order(key: Key) -> t.Tuple[int, float]:
             moment = key.activated or key.created
             return _ORDER[key.state], -moment.timestamp()
-        return KeySet(sorted(self.keys, key=order))
+        return KeySet(sorted(self.keys, key=order), self.removed)
 
     def dump(self) -> str:
-        return json.dumps({"keys": [k.to_json() for k in self.sorted().keys]}, indent=1, sort_keys=True) + "\n"
+        doc: dict = {"keys": [k.to_json() for k in self.sorted().keys]}
+        if self.removed:
+            doc["removed"] = self.removed[-REMOVED_HISTORY:]
+        return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+    def was_removed(self, kid: str) -> t.Optional[dict]:
+        """The latest history entry of ``kid`` when it was revoked or dropped lately."""
+        found = [item for item in self.removed if item.get("kid") == kid]
+        return found[-1] if found else None
+
+    def describe(self) -> str:
+        """The kids with their states, for a message (public facts only)."""
+        if not self.keys:
+            return "no key"
+        return ", ".join("%s (%s, %s)" % (k.kid, k.state, k.alg) for k in self.sorted().keys)
 
     def by_state(self, state: str) -> t.List[Key]:
         return [k for k in self.keys if k.state == state]
@@ -356,13 +396,22 @@ class Policy:
         for name, value in (("rotate_after", rotate_after), ("grace_period", grace_period), ("prepublish", prepublish)):
             if value < 0:
                 raise RunbookError("%s must not be negative" % name)
+        if rotate_after <= 0:
+            raise RunbookError("rotate_after must be longer than 0 (it would rotate on every run); use force=true to "
+                               "rotate now")
+        if prepublish > rotate_after:
+            raise RunbookError("prepublish %s is longer than rotate_after %s: a next key can be published at most "
+                               "rotate_after before its rotation, so every rotation would wait for it and each key "
+                               "would sign for longer than rotate_after; choose a prepublish of at most %s (about how "
+                               "long verifiers cache the public key set)"
+                               % (_human(prepublish), _human(rotate_after), _human(rotate_after)))
         self.algorithm = algorithm
         self.key_size = key_size
         self.rotate_after = rotate_after
         self.grace_period = grace_period
         self.prepublish = prepublish
         self.force = force
-        revoke = [str(r) for r in (revoke or []) if str(r).strip()]
+        revoke = [str(r).strip() for r in (revoke or []) if str(r).strip()]
         self.revoke_all = "all" in revoke
         if self.revoke_all and len(revoke) > 1:
             raise RunbookError("revoke: use either all or a list of kids, not both")
@@ -381,6 +430,7 @@ class Plan:
         self.generated: t.List[str] = []
         self.pending = False
         self.events: t.List[str] = []
+        self.notes: t.List[str] = []  # facts worth saying that change nothing
         self.next_rotation: t.Optional[datetime.datetime] = None
 
     @property
@@ -394,7 +444,7 @@ class Plan:
 
 
 def plan(current: KeySet, policy: Policy, now: datetime.datetime,
-         generate: t.Callable[[str, int], dict] = generate_jwk) -> Plan:
+         generate: t.Callable[[str, int], dict] = generate_jwk, where: str = "the key set") -> Plan:
     """Decide the next state of the key set. Pure: ``current`` is not changed.
 
     Order: revoke (no grace), drop retired keys past ``retire_at``, discard a ``next`` key of another
@@ -403,10 +453,22 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
     adds a ``next`` key (``prepublish`` before it is due) and activates it once it is that old;
     ``force`` and a missing active key activate at once (a published ``next`` key is preferred).
     The outgoing active key is retired until ``now + grace_period``.
+
+    A kid to revoke that is neither in the set nor among the kids it removed lately is refused (a
+    mistyped kid must not read as "revoked"): nothing is planned, the error names the kids there are.
     """
-    before = KeySet([copy.deepcopy(k) for k in current.keys])
-    keys = KeySet([copy.deepcopy(k) for k in current.keys])
+    before = KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed))
+    keys = KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed))
     result = Plan(before, keys)
+    unknown = [kid for kid in policy.revoke if kid not in current.kids() and current.was_removed(kid) is None]
+    if unknown:
+        raise RunbookError("revoke: no key with %s %s in %s, so nothing was revoked and nothing changed; the set holds "
+                           "%s. Give the kid exactly as the set has it (the kid header of the tokens signed with that "
+                           "key), or revoke=all to remove every key"
+                           % ("kid" if len(unknown) == 1 else "kids", ", ".join(shown(kid) for kid in unknown),
+                              where, current.describe()),
+                           existing_kids=current.kids(), unknown_kids=unknown)
+    stamp = isoformat(now)
 
     def new_key() -> Key:
         jwk = generate(policy.algorithm, policy.key_size)
@@ -433,13 +495,20 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
         if key.kid in targets:
             keys.keys.remove(key)
             result.revoked.append(key.kid)
+            keys.removed.append({"kid": key.kid, "removed": stamp, "reason": "revoked"})
     if result.revoked:
         result.events.append("revoked %s" % ", ".join(result.revoked))
+    for kid in policy.revoke:
+        earlier = current.was_removed(kid) if kid not in current.kids() else None
+        if earlier is not None:
+            result.notes.append("key %s was already %s at %s"
+                                % (kid, earlier.get("reason") or "removed", earlier.get("removed") or "an earlier run"))
     # 2. retired keys past their grace period.
     for key in list(keys.keys):
         if key.state == "retired" and key.retire_at is not None and key.retire_at <= now:
             keys.keys.remove(key)
             result.dropped.append(key.kid)
+            keys.removed.append({"kid": key.kid, "removed": stamp, "reason": "dropped"})
     # More than one active key (edited by hand): keep the newest, retire the others.
     actives = sorted(keys.by_state("active"), key=lambda k: (k.activated or k.created).timestamp(), reverse=True)
     for extra in actives[1:]:
@@ -448,15 +517,18 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
     for extra in nexts[:-1]:
         keys.keys.remove(extra)
         result.dropped.append(extra.kid)
+        keys.removed.append({"kid": extra.kid, "removed": stamp, "reason": "dropped"})
     # 3. a prepared key of another algorithm is never used.
     nxt = keys.next
     if nxt is not None and not nxt.matches(policy.algorithm, policy.key_size):
         keys.keys.remove(nxt)
         result.dropped.append(nxt.kid)
+        keys.removed.append({"kid": nxt.kid, "removed": stamp, "reason": "dropped"})
         result.events.append("next key %s (%s) discarded: algorithm is now %s" % (nxt.kid, nxt.alg, policy.algorithm))
         nxt = None
     if result.dropped:
         result.events.insert(0, "dropped %s" % ", ".join(result.dropped))
+    del keys.removed[:-REMOVED_HISTORY]
 
     # 4. rotation.
     active = keys.active
@@ -599,17 +671,60 @@ def write_key(client: t.Any, target: Target, content: bytes, check_mode: bool, a
     return False  # not reached
 
 
+MAX_DURATION = 100 * 365 * 86400.0
+MAX_WAIT = 86400
+
+
+def _optional_duration(params: t.Mapping[str, t.Any], option: str, default: str) -> float:
+    value = params.get(option)
+    return duration(option, default if value is None or value == "" else value, 0.0, MAX_DURATION)
+
+
+def validate_params(params: t.Mapping[str, t.Any]) -> None:
+    """Every name, number and duration a user (or a survey) can set, checked before the API is asked."""
+    k8s_name("namespace", params.get("namespace"), label=True)
+    k8s_name("secret_name", params.get("secret_name"))
+    k8s_data_key("secret_key", params.get("secret_key") or "jwks.json")
+    key_size = params.get("key_size")
+    if key_size is not None:
+        number("key_size", key_size, 1, MAX_RSA_BITS * 8)
+    for option in ("public_jwks", "active_key_secret"):
+        target = params.get(option)
+        if target:
+            k8s_name("%s.name" % option, target.get("name"))
+            if target.get("namespace"):
+                k8s_name("%s.namespace" % option, target["namespace"], label=True)
+            if target.get("key"):
+                k8s_data_key("%s.key" % option, target["key"])
+    for index, item in enumerate(params.get("restart") or []):
+        k8s_name("restart[%d].name" % index, item.get("name"))
+        if item.get("namespace"):
+            k8s_name("restart[%d].namespace" % index, item["namespace"], label=True)
+    for index, kid in enumerate(params.get("revoke") or []):
+        no_control("revoke[%d]" % index, kid)
+        if len(str(kid)) > 512:
+            raise RunbookError("revoke[%d] %s is longer than 512 characters; it is no kid of this set" % (index, shown(kid)))
+    if params.get("wait_timeout") is not None:
+        number("wait_timeout", params["wait_timeout"], 1, MAX_WAIT)
+    if params.get("now"):
+        no_control("now", params["now"])
+
+
 def _read_options(params: t.Mapping[str, t.Any]) -> t.Tuple[Policy, datetime.datetime]:
+    validate_params(params)
     policy = Policy(
         algorithm=params.get("algorithm") or "RS256",
         key_size=int(params.get("key_size") or 3072),
-        rotate_after=parse_duration(params.get("rotate_after"), "rotate_after") or 0.0,
-        grace_period=parse_duration(params.get("grace_period"), "grace_period") or 0.0,
-        prepublish=parse_duration(params.get("prepublish"), "prepublish") or 0.0,
+        rotate_after=duration("rotate_after", params.get("rotate_after") or "30d", 0.0, MAX_DURATION, above=True),
+        grace_period=_optional_duration(params, "grace_period", "24h"),
+        prepublish=_optional_duration(params, "prepublish", "0"),
         force=bool(params.get("force")),
         revoke=params.get("revoke") or [],
     )
-    return policy, parse_time(params.get("now"), "now")
+    now = parse_time(params.get("now"), "now")
+    if not 1970 <= now.year <= 9000:
+        raise RunbookError("now %s is out of range: give a time between the years 1970 and 9000" % shown(params.get("now")))
+    return policy, now
 
 
 def _targets(params: t.Mapping[str, t.Any]) -> t.Tuple[t.Optional[Target], t.Optional[Target], str]:
@@ -760,7 +875,18 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
             effective.force = False
             if policy.revoke_all:
                 effective.revoke_all, effective.revoke = False, list(first_kids)
-        result_plan = plan(current, effective, now)
+        if attempt > 1 and effective.revoke:
+            # The kids to revoke were checked against the set as first read; one that went away since
+            # (another run revoked or dropped it) is simply gone.
+            if effective is policy:
+                effective = copy.copy(policy)
+            effective.revoke = [kid for kid in effective.revoke if kid in current.kids()]
+        try:
+            result_plan = plan(current, effective, now, where="key %s of %s" % (skey, ref))
+        except OverflowError:
+            raise RunbookError("key %s of %s holds a date that, with rotate_after, grace_period or prepublish, is out "
+                               "of the range of dates (past the year 9999); fix the stored dates or the durations"
+                               % (skey, ref))
         if not result_plan.changed or check_mode:
             break
         data = result_plan.after.dump().encode("utf-8")
@@ -845,6 +971,8 @@ def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = Fals
         events = list(result_plan.events)
     msg = "; ".join(events) if events else "key set %s unchanged: active key %s, next rotation %s" % (
         ref, active_key.kid, isoformat(result_plan.next_rotation) if result_plan.next_rotation else "-")
+    if result_plan.notes:
+        msg += "; " + "; ".join(result_plan.notes)
     result: dict = {
         "changed": changed,
         "rotated": result_plan.rotated and result_plan.changed,

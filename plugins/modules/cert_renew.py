@@ -76,7 +76,7 @@ options:
         description: For V(endpoint), the host name or address to connect to.
         type: str
       port:
-        description: For V(endpoint), the TCP port.
+        description: For V(endpoint), the TCP port, from 1 to 65535.
         type: int
         default: 443
       server_name:
@@ -86,17 +86,22 @@ options:
         description:
           - For V(file), the PEM file; its first certificate is the one judged. When renewed it holds the new
             certificate followed by the CA, unless O(sources[].ca_path) is set.
+          - It must be a regular file of at most 1 MiB (never a device or a FIFO).
         type: path
       key_path:
         description:
           - For V(file), the private key file written (mode 0600) when the certificate is renewed, and read
             when O(reuse_key) is set.
+          - The new key, certificate and CA file are each written in full next to their destination before
+            any of them replaces the old one, so a read-only or full file system leaves all of them as they
+            were (the task fails naming the file). A destination whose directory is read-only or missing is
+            reported before anything is issued, also in check mode.
         type: path
       ca_path:
         description: For V(file), write the CA certificate to this file instead of appending it to O(sources[].path).
         type: path
   remaining_days:
-    description: Renew a certificate with fewer than this many days left.
+    description: Renew a certificate with fewer than this many days left (0 to 36500).
     type: float
     default: 30
   remaining_percentage:
@@ -124,16 +129,20 @@ options:
         required: true
         choices: [ca, selfsigned]
       ca_cert:
-        description: The CA certificate (PEM text, or the path of a PEM file on the managed host). Written as C(ca.crt).
+        description:
+          - The CA certificate (PEM text, or the path of a PEM file on the managed host). Written as C(ca.crt).
+          - A value without a C(-----BEGIN) line is read as a path.
         type: str
       ca_key:
-        description: The CA private key (PEM text, or the path of a PEM file on the managed host).
+        description:
+          - The CA private key (PEM text, or the path of a PEM file on the managed host), RSA, ECDSA or Ed25519.
+          - A value without a C(-----BEGIN) line is read as a path; no message ever shows a part of it.
         type: str
       ca_key_passphrase:
         description: The passphrase of an encrypted O(issuer.ca_key).
         type: str
   validity_days:
-    description: Validity of a new certificate in days (cut to the CA's expiry when that comes first).
+    description: Validity of a new certificate in days, from 1 to 36500 (cut to the CA's expiry when that comes first).
     type: int
     default: 90
   key_type:
@@ -152,7 +161,7 @@ options:
     type: bool
     default: false
   wait_timeout:
-    description: Seconds to wait with O(wait).
+    description: Seconds to wait with O(wait), above 0 and at most 86400.
     type: int
     default: 300
   restart_consumers:
@@ -164,7 +173,9 @@ options:
     type: bool
     default: false
   connect_timeout:
-    description: Seconds to wait for a TLS endpoint to connect and complete the handshake.
+    description:
+      - Seconds to wait for a TLS endpoint to connect and complete the handshake, above 0 and at most 3600.
+      - A port that answers in plain text (an HTTP or Redis port) is reported as not speaking TLS.
     type: float
     default: 10
 requirements:

@@ -59,11 +59,13 @@ options:
     choices: [RS256, RS384, RS512, PS256, ES256, ES384, EdDSA, HS256, HS512]
     default: RS256
   key_size:
-    description: Size in bits of new RSA keys (at least 2048). Ignored for other algorithms.
+    description: Size in bits of new RSA keys, from 2048 to 8192. Ignored for other algorithms.
     type: int
     default: 3072
   rotate_after:
-    description: Rotate when the active key has been active for longer than this duration (V(30d), V(12h), V(90m)).
+    description:
+      - Rotate when the active key has been active for longer than this duration (V(30d), V(12h), V(90m)).
+      - It must be longer than zero and at most 100 years; O(force) rotates at once.
     type: str
     default: 30d
   force:
@@ -87,6 +89,9 @@ options:
         key is at least this old, makes it active. Caches of the public set then already hold it when the
         first token signed with it arrives.
       - V(0) makes and activates a new key in one run.
+      - It must not be longer than O(rotate_after), or the task fails. The next key could not be published
+        that long before its rotation, so every rotation would wait for it and keys would sign for longer than
+        O(rotate_after).
     type: str
     default: '0'
   revoke:
@@ -95,6 +100,9 @@ options:
       - When the active key is revoked, a published V(next) key becomes active, otherwise a new key is made.
         Tokens signed with a revoked key stop verifying as soon as verifiers reload the set.
       - The compromise runbook is O(force=true) with O(revoke=all), which leaves a single brand-new key.
+      - A kid that is not in the set fails the task before anything changes, and the message lists the kids
+        the set holds, so that a mistyped kid is never taken for a revoked key. The set remembers the last 100
+        kids it removed (member C(removed)), so revoking the same kid again reports RV(changed=false).
     type: list
     elements: str
     default: []
@@ -173,7 +181,7 @@ options:
     type: bool
     default: false
   wait_timeout:
-    description: Seconds to wait for all the rollouts together.
+    description: Seconds to wait for all the rollouts together, from 1 to 86400.
     type: int
     default: 300
   now:
@@ -183,7 +191,8 @@ options:
     type: str
 notes:
   - The Secret's key set is a standard private JWK Set; each key carries the extra members C(state),
-    C(created), C(activated) and C(retire_at), which JWK libraries ignore. The active key comes first.
+    C(created), C(activated) and C(retire_at), and the set the member C(removed) (the kids revoked or dropped
+    lately, with when and why), which JWK libraries ignore. The active key comes first.
   - A run that changes nothing (the active key is younger than O(rotate_after) and no retired key has passed
     its C(retire_at)) reports RV(changed=false).
   - In check mode, the kid of a key that would be made is the kid of a key made and thrown away; the real

@@ -61,7 +61,21 @@ options:
       - Labels of the Pods to isolate (all must match). Default is every Pod of the namespace.
       - With one label, narrowed policies exclude it exactly, also for Pods created later. With several
         labels they exclude Pods labelled C(runbook.ops/quarantine), so O(label_pods) must stay V(true).
+      - Keys and values must be valid Kubernetes label keys and values.
+      - A new isolation whose selector matches no Pod fails before anything is captured or changed (also in
+        check mode), and the message lists the values the namespace's Pods carry for these labels; see
+        O(allow_empty_selector).
     type: dict
+  allow_empty_selector:
+    description:
+      - Isolate even when O(pod_selector) matches no Pod now, so that Pods that will carry these labels are
+        quarantined from their start (policies that would select them are narrowed at once). A warning says
+        that nothing is matched.
+      - When V(false), such a run fails and changes nothing, because during an incident a mistyped label
+        would otherwise read as a quarantine while it isolates nothing.
+      - Later runs of an isolation already in effect never fail for this (its Pods may have been scaled away).
+    type: bool
+    default: false
   allow_dns:
     description: Let the quarantined Pods reach the cluster DNS (Pods C(k8s-app=kube-dns) in C(kube-system), port 53).
     type: bool
@@ -114,13 +128,13 @@ options:
         type: dict
         default: {}
       log_tail_lines:
-        description: Keep only the last N lines of each log; default is the whole log.
+        description: Keep only the last N lines (at least 1) of each log; default is the whole log.
         type: int
       since:
-        description: Keep only log lines younger than this duration (V(30m), V(6h), V(2d)).
+        description: Keep only log lines younger than this duration (V(30m), V(6h), V(2d)); longer than zero.
         type: str
       log_limit_bytes:
-        description: At most this many bytes per container log (the API server cuts the log there).
+        description: At most this many bytes (at least 1) per container log (the API server cuts the log there).
         type: int
         default: 16777216
       compression:

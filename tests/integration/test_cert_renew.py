@@ -6,6 +6,7 @@ import base64
 import datetime
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import typing as t
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -547,3 +549,157 @@ def test_no_key_material_in_verbose_playbook_output(tmp_path):
     # Skip the DER header (the same for every P-256 key): look for the private scalar.
     assert body[52:92] not in flat and new_key[52:92] not in flat
     assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in flat or "********" in flat
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-text ports, read-only and full file systems
+
+
+class PlainServer:
+    """A TCP listener that is no TLS server: it answers every connection with ``reply`` (an HTTP error,
+    as a plain-text web server does), or with nothing at all when ``reply`` is empty (as Redis does
+    until it sees a whole command line)."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.conns: t.List[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.reply:
+                try:
+                    conn.settimeout(2)
+                    conn.recv(4096)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> "PlainServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: t.Any) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def test_an_endpoint_that_does_not_speak_tls_is_named_as_such():
+    http = b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+    with PlainServer(http) as web, PlainServer(b"") as silent:
+        result = run_module("cert_renew", {"sources": [
+            {"type": "endpoint", "host": "127.0.0.1", "port": web.port},
+            {"type": "endpoint", "host": "127.0.0.1", "port": silent.port}], "connect_timeout": 1.5})
+    assert "Traceback" not in result.stderr, result.stderr
+    assert not result.get("failed"), result
+    answered = one(result, "Endpoint/127.0.0.1:%d" % web.port)
+    assert "TLS endpoint 127.0.0.1:%d does not speak TLS on this port" % web.port in answered["msg"], answered
+    waited = one(result, "Endpoint/127.0.0.1:%d" % silent.port)
+    assert "no TLS handshake reply from TLS endpoint 127.0.0.1:%d" % silent.port in waited["msg"], waited
+    assert "probably does not speak TLS" in waited["msg"]
+    assert result["status"] == "critical"
+    for row in (answered, waited):
+        assert "WRONG_VERSION_NUMBER" not in row["msg"].split("(")[0] and "timed out" not in row["msg"]
+
+
+def _mount_tmpfs(path: Path, size: str = "1m") -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(path)], check=True)
+
+
+def _remount_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+@pytest.fixture
+def mounts():
+    """tmpfs file systems for one test (root ignores file modes, a read-only mount stops it); unmounted after."""
+    made: t.List[Path] = []
+
+    def make(path: Path, size: str = "1m") -> Path:
+        _mount_tmpfs(path, size)
+        made.append(path)
+        return path
+    yield make
+    for path in reversed(made):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _file_pair(ca: "CA", crt: Path, key_file: Path, cn: str = "ro.test") -> t.Tuple[bytes, bytes]:
+    cert, key = ca.leaf(cn, days_left=5)
+    crt.write_bytes(_pem(cert))
+    key_file.write_bytes(_pem(key))
+    return crt.read_bytes(), key_file.read_bytes()
+
+
+@pytest.mark.parametrize("check_mode", [True, False])
+def test_key_path_on_a_read_only_file_system_fails_cleanly_and_keeps_both_files(tmp_path, mounts, check_mode):
+    ca = CA()
+    keys = mounts(tmp_path / "keys")
+    crt, key_file = tmp_path / "site.crt", keys / "site.key"
+    old_cert, old_key = _file_pair(ca, crt, key_file)
+    _remount_read_only(keys)
+    result = run_module("cert_renew", {"sources": [{"type": "file", "path": str(crt), "key_path": str(key_file)}],
+                                       "issuer": ca_issuer(ca)}, check_mode=check_mode)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.get("failed") is True, result
+    msg = result["msg"]
+    assert "unexpected" not in msg.lower() and "OSError" not in msg, msg
+    assert ("renew File%s: cannot write key_path %s: its directory %s is on a read-only file system; nothing was written"
+            % (crt, key_file, keys)) in msg, msg
+    row = one(result, "File%s" % crt)
+    assert row["renewed"] is False and "renewal failed" in row["msg"]
+    assert result["changed"] is False
+    assert crt.read_bytes() == old_cert and key_file.read_bytes() == old_key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys", "site.crt"]
+
+
+def test_certificate_on_a_read_only_file_system_with_reuse_key(tmp_path, mounts):
+    ca = CA()
+    tls = mounts(tmp_path / "tls")
+    crt, key_file = tls / "site.crt", tls / "site.key"
+    old_cert, old_key = _file_pair(ca, crt, key_file)
+    _remount_read_only(tls)
+    result = run_module("cert_renew", {"sources": [{"type": "file", "path": str(crt), "key_path": str(key_file)}],
+                                       "issuer": ca_issuer(ca), "reuse_key": True})
+    assert result.get("failed") is True, result
+    assert "cannot write path %s: its directory %s is on a read-only file system" % (crt, tls) in result["msg"]
+    assert crt.read_bytes() == old_cert and key_file.read_bytes() == old_key
+
+
+def test_a_file_system_that_fills_up_after_the_new_key_keeps_the_old_key_and_certificate(tmp_path, mounts):
+    """The new key fits, the certificate (with a long CA chain, more than one block) does not: the old
+    key must stay, or the server would load a key that does not match its certificate."""
+    ca = CA()
+    issuer = ca_issuer(ca)
+    issuer["ca_cert"] += "".join(CA("intermediate %d" % n).cert_pem for n in range(8))
+    tls = mounts(tmp_path / "tls", size="64k")
+    crt, key_file = tls / "site.crt", tls / "site.key"
+    old_cert, old_key = _file_pair(ca, crt, key_file)
+    info = os.statvfs(tls)
+    assert len(issuer["ca_cert"]) > info.f_bsize
+    (tls / "filler").write_bytes(b"\0" * (info.f_bavail * info.f_bsize - info.f_bsize))  # one block left
+    result = run_module("cert_renew", {"sources": [{"type": "file", "path": str(crt), "key_path": str(key_file)}],
+                                       "issuer": issuer})
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.get("failed") is True, result
+    assert key_file.read_bytes() == old_key, "a new key was left beside the old certificate"
+    assert crt.read_bytes() == old_cert
+    assert "cannot write %s: No space left on device; nothing was written" % crt in result["msg"], result["msg"]
+    assert sorted(p.name for p in tls.iterdir()) == ["filler", "site.crt", "site.key"]

@@ -152,6 +152,50 @@ def test_revoke_all_invalidates_every_earlier_token_at_once(kube_cluster, kube_a
         {k: v for k, v in active_jwk(kube_admin, ns).items() if k in ("kty", "crv", "x", "kid", "alg", "use")}]
 
 
+def test_revoking_a_mistyped_kid_fails_names_the_kids_and_changes_nothing(kube_cluster, kube_admin, kube_namespace):
+    ns = kube_namespace
+    common = dict(algorithm="ES256", public_jwks={"name": PUBLIC})
+    rotate(kube_cluster, ns, now=T0, **common)
+    rotate(kube_cluster, ns, now=when(hours=1), force=True, **common)
+    kids = {k["kid"]: k["state"] for k in stored_keys(kube_admin, ns)}
+    active = next(kid for kid, state in kids.items() if state == "active")
+    retired = next(kid for kid, state in kids.items() if state == "retired")
+    mistyped = retired[:-2] + ("xx" if not retired.endswith("xx") else "yy")
+    version = kube_admin.get("v1", "secrets", SECRET, ns)["metadata"]["resourceVersion"]
+    public_version = kube_admin.get("v1", "configmaps", PUBLIC, ns)["metadata"]["resourceVersion"]
+
+    for check_mode in (True, False):
+        result = rotate(kube_cluster, ns, check_mode=check_mode, now=when(hours=2), revoke=[mistyped], **common)
+        assert result.get("failed") is True, result
+        msg = result["msg"]
+        assert "no key with kid %r" % mistyped in msg and "Secret/%s/%s" % (ns, SECRET) in msg
+        assert "nothing was revoked" in msg
+        assert "%s (active, ES256)" % active in msg and "%s (retired, ES256)" % retired in msg
+        assert sorted(result["existing_kids"]) == sorted(kids)
+        assert kube_admin.get("v1", "secrets", SECRET, ns)["metadata"]["resourceVersion"] == version
+        assert kube_admin.get("v1", "configmaps", PUBLIC, ns)["metadata"]["resourceVersion"] == public_version
+
+    # The real kid is revoked; asking again is recognised (changed=false), not taken for a typo.
+    done = rotate(kube_cluster, ns, now=when(hours=2), revoke=[retired], **common)
+    assert not done.get("failed") and done["changed"] and done["revoked"] == [retired], done
+    assert retired not in [k["kid"] for k in published(kube_admin, ns)["keys"]]
+    again = rotate(kube_cluster, ns, now=when(hours=3), revoke=[retired], **common)
+    assert not again.get("failed") and again["changed"] is False, again
+    assert "key %s was already revoked" % retired in again["msg"]
+
+
+def test_prepublish_longer_than_rotate_after_is_refused(kube_cluster, kube_admin, kube_namespace):
+    ns = kube_namespace
+    for check_mode in (True, False):
+        result = rotate(kube_cluster, ns, check_mode=check_mode, now=T0, algorithm="ES256", rotate_after="7d",
+                        prepublish="10d")
+        assert result.get("failed") is True, result
+        assert "prepublish 10d is longer than rotate_after 7d" in result["msg"], result["msg"]
+    assert kube_admin.get("v1", "secrets", SECRET, ns, missing_ok=True) is None
+    ok = rotate(kube_cluster, ns, now=T0, algorithm="ES256", rotate_after="7d", prepublish="7d")
+    assert not ok.get("failed"), ok
+
+
 def test_two_runs_started_together_make_exactly_one_new_key(kube_cluster, kube_admin, kube_namespace):
     ns = kube_namespace
     first = rotate(kube_cluster, ns, now=T0)

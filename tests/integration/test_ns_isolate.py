@@ -237,6 +237,43 @@ def test_pod_selector_leaves_other_pods_policies_alone(kube_cluster, kube_admin,
     assert snapshot(kube_admin, ns) == before
 
 
+def test_pod_selector_that_matches_no_pod_fails_and_changes_nothing(kube_cluster, kube_admin, kubelet,
+                                                                    kube_namespace, tmp_path):
+    ns = kube_namespace
+    setup_namespace(kube_admin, kubelet, ns)
+    before = snapshot(kube_admin, ns)
+    policies = {p["metadata"]["name"]: _clean(p) for p in kube_admin.list("networking.k8s.io/v1", "networkpolicies", ns)}
+    evidence = {"repository": "file://%s" % (tmp_path / "repo")}
+
+    for check_mode in (True, False):
+        result = isolate(kube_cluster, ns, check_mode=check_mode, incident_id="inc-0009",
+                         pod_selector={"app": "wbe"}, evidence=evidence)
+        assert result.get("failed") is True, result
+        msg = result["msg"]
+        assert "pod_selector app=wbe matches no Pod in namespace %s" % ns in msg, msg
+        assert "nothing was isolated and nothing changed" in msg
+        assert "its Pods carry app=web, app=worker" in msg and "allow_empty_selector=true" in msg
+        assert result["changed"] is False and result["changes"] == []
+        after = {p["metadata"]["name"]: _clean(p)
+                 for p in kube_admin.list("networking.k8s.io/v1", "networkpolicies", ns)}
+        assert after == policies
+        assert snapshot(kube_admin, ns) == before
+    assert not (tmp_path / "repo").exists()  # no evidence captured either
+
+    # Explicitly allowed: isolates the Pods that will carry the label, and says nothing matches now.
+    allowed = isolate(kube_cluster, ns, incident_id="inc-0009", pod_selector={"app": "canary"},
+                      allow_empty_selector=True)
+    assert not allowed.get("failed") and allowed["changed"], allowed
+    assert any("matches no Pod in namespace %s now" % ns in str(w) for w in allowed["warnings"]), allowed["warnings"]
+    assert allowed["pods_labelled"] == []
+    assert selecting_policies(kube_admin, ns, {"metadata": {"labels": {"app": "canary"}}}) == ["runbook-isolate-inc-0009"]
+    # The isolation in effect does not fail on its next run, though it still matches nothing.
+    again = isolate(kube_cluster, ns, incident_id="inc-0009", pod_selector={"app": "canary"})
+    assert not again.get("failed") and again["changed"] is False, again
+    assert not isolate(kube_cluster, ns, state="released", incident_id="inc-0009").get("failed")
+    assert snapshot(kube_admin, ns) == before
+
+
 def test_check_mode_changes_nothing(kube_cluster, kube_admin, kubelet, kube_namespace, tmp_path):
     ns = kube_namespace
     setup_namespace(kube_admin, kubelet, ns)

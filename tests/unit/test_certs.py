@@ -242,3 +242,90 @@ def test_secret_changed_between_read_and_write_is_not_overwritten(ca):
     row = result["certificates"][0]
     assert row["renewed"] is False and row["new"] is None and "renewal failed" in row["msg"]
     assert result["changed"] is False and result["status"] == "critical"
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: what may be read, and writing a key with its certificate
+
+
+def test_read_pem_file_refuses_devices_fifos_directories_and_huge_files(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.pem"
+    huge.write_bytes(b"-" * (_certs.MAX_PEM_BYTES + 1))
+    for path, words in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
+                        (tmp_path, "not a regular file"), (huge, "larger than any PEM file"),
+                        (tmp_path / "missing", "No such file"), ("/tmp/a\x00b", "control character")):
+        with pytest.raises(RunbookError, match=words):
+            _certs.read_pem_file(str(path), "issuer.ca_cert")
+    (tmp_path / "ok.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    assert _certs.read_pem_file(str(tmp_path / "ok.pem")) == b"-----BEGIN CERTIFICATE-----\n"
+
+
+def test_text_or_file_never_shows_a_secret_that_is_no_path():
+    secret = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg" * 3 + "\x00"
+    with pytest.raises(RunbookError) as caught:
+        _certs.text_or_file(secret, "issuer.ca_key", secret=True)
+    assert "MIGH" not in caught.value.msg and "issuer.ca_key holds no PEM text" in caught.value.msg
+
+
+def test_binary_pem_and_unusable_keys_are_refused():
+    with pytest.raises(RunbookError, match="cannot parse the PEM certificate"):
+        _certs.load_certificates(b"-----BEGIN CERTIFICATE-----\n\xff\xfe\x00\n-----END CERTIFICATE-----\n", "f")
+    with pytest.raises(RunbookError, match="not a readable PEM private key"):
+        _certs.load_private_key(b"\xff\xfe" * 100, "key_path")
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    x_key = x25519.X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(RunbookError, match="only RSA, ECDSA and Ed25519 keys sign certificates"):
+        _certs.load_private_key(x_key, "issuer.ca_key")
+
+
+def test_write_together_leaves_every_file_when_one_cannot_be_written(tmp_path):
+    key, crt = tmp_path / "site.key", tmp_path / "site.crt"
+    key.write_bytes(b"old key")
+    crt.write_bytes(b"old cert")
+    with pytest.raises(RunbookError, match="cannot write %s.*nothing was written" % (tmp_path / "missing" / "ca.pem")):
+        _certs.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None),
+                               (str(tmp_path / "missing" / "ca.pem"), b"ca", None)])
+    assert key.read_bytes() == b"old key" and crt.read_bytes() == b"old cert"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.crt", "site.key"]
+    _certs.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None)])
+    assert key.read_bytes() == b"new key" and (key.stat().st_mode & 0o777) == 0o600
+    assert crt.read_bytes() == b"new cert"
+
+
+def test_unwritable_names_the_reason(tmp_path):
+    assert _certs.unwritable(str(tmp_path / "new.pem")) is None
+    assert _certs.unwritable(str(tmp_path)) == "it is a directory"
+    assert _certs.unwritable(str(tmp_path / "no" / "x.pem")) == "its directory %s does not exist" % (tmp_path / "no")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("remaining_days", -1, "remaining_days must be at least 0"),
+    ("remaining_days", float("nan"), "remaining_days must be a finite number"),
+    ("validity_days", 0, "validity_days must be at least 1"),
+    ("validity_days", 10 ** 9, "at most 36500"),
+    ("connect_timeout", 0, "connect_timeout must be above 0"),
+    ("wait_timeout", -1, "wait_timeout must be above 0"),
+])
+def test_numbers_out_of_range_are_refused(option, value, words):
+    with pytest.raises(RunbookError, match=words):
+        _certs.Renewer({"sources": [], option: value}, None, check_mode=True)
+
+
+@pytest.mark.parametrize("source, words", [
+    ({"type": "endpoint", "host": "127.0.0.1", "port": 0}, "sources[0].port"),
+    ({"type": "endpoint", "host": "x" * 300}, "sources[0].host"),
+    ({"type": "endpoint", "host": "h", "server_name": "a\nb"}, "sources[0].server_name"),
+    ({"type": "file", "path": "/a\x00b"}, "sources[0].path"),
+    ({"type": "tls_secret", "namespace": "Auth", "name": "x"}, "sources[0].namespace"),
+    ({"type": "tls_secret", "namespace": "auth", "name": "../x"}, "sources[0].name"),
+])
+def test_hostile_source_values_are_refused(source, words):
+    with pytest.raises(RunbookError) as caught:
+        _certs.Renewer({"sources": [source]}, object(), check_mode=True).validate_sources()
+    assert words in caught.value.msg

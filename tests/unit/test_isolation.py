@@ -91,7 +91,8 @@ def test_incident_ids_accepted(value):
     assert check_incident_id(value) == value
 
 
-@pytest.mark.parametrize("value", ["", None, "INC-1", "inc_1", "-inc", "inc-", "x" * 64, "inc 1", "inc/1"])
+@pytest.mark.parametrize("value", ["", None, "INC-1", "inc_1", "-inc", "inc-", "x" * 64, "inc 1", "inc/1", "inc-1\n",
+                                   "inc\x00", 7])
 def test_incident_ids_refused(value):
     with pytest.raises(RunbookError, match="incident_id"):
         check_incident_id(value)
@@ -128,3 +129,43 @@ def test_log_targets_ask_for_previous_logs_only_after_a_restart():
                {"name": "app", "restartCount": 3, "lastState": {"terminated": {"exitCode": 1}}},
                {"name": "sidecar", "restartCount": 0, "lastState": {}}]}}
     assert log_targets(pod) == [("init", False), ("app", False), ("app", True), ("sidecar", False)]
+
+
+def _params(**overrides):
+    params = {"namespace": "auth", "state": "isolated", "incident_id": "inc-1", "pod_selector": {"app": "web"},
+              "allow_from_namespaces": [], "allow_cidrs": [], "scale_to_zero": [],
+              "evidence": {"capture": True, "set": None, "labels": {}, "log_tail_lines": None, "since": None,
+                           "log_limit_bytes": 16777216, "encryption_recipients": []}}
+    params.update(overrides)
+    return params
+
+
+def test_validate_params_returns_the_selector_as_label_text():
+    from ansible_collections.runbook.ops.plugins.module_utils._isolation import validate_params
+
+    assert validate_params(_params()) == {"app": "web"}
+    assert validate_params(_params(pod_selector={"version": 2, "example.com/tier": "front-end"})) == {
+        "version": "2", "example.com/tier": "front-end"}
+    assert validate_params(_params(pod_selector=None)) is None
+    assert validate_params(_params(state="released", incident_id=None, pod_selector=None)) is None
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"namespace": "../kube-system"}, "namespace"),
+    ({"pod_selector": {"app": "web,tier=db"}}, "pod_selector[app]"),
+    ({"pod_selector": {"app": None}}, "pod_selector[app] must be a label value"),
+    ({"pod_selector": {"a b": "x"}}, "not a valid label key"),
+    ({"allow_from_namespaces": ["Forensics"]}, "allow_from_namespaces[0]"),
+    ({"allow_cidrs": ["10.0.0.0/33"]}, "allow_cidrs[0]"),
+    ({"scale_to_zero": ["Deployment/../x"]}, "scale_to_zero entry"),
+    ({"evidence": {"capture": True, "set": "../x"}}, "evidence.set"),
+    ({"evidence": {"capture": True, "log_tail_lines": 0}}, "evidence.log_tail_lines"),
+    ({"evidence": {"capture": True, "log_limit_bytes": -1}}, "evidence.log_limit_bytes"),
+    ({"evidence": {"capture": True, "since": "0"}}, "evidence.since"),
+])
+def test_validate_params_refuses(overrides, words):
+    from ansible_collections.runbook.ops.plugins.module_utils._isolation import validate_params
+
+    with pytest.raises(RunbookError) as caught:
+        validate_params(_params(**overrides))
+    assert words in caught.value.msg

@@ -194,15 +194,111 @@ def test_revoke_all_with_force_leaves_one_new_key():
     assert len(result.after.keys) == 1 and result.after.active.kid not in rotated.kids()
 
 
-def test_revoking_the_active_key_promotes_next_and_unknown_kids_change_nothing():
+def test_revoking_the_active_key_promotes_next():
     policy = es(prepublish=2 * DAY)
     staged = plan(plan(KeySet(), policy, T0).after, policy, at(days=28)).after
     result = plan(staged, es(prepublish=2 * DAY, revoke=[staged.active.kid]), at(days=28, hours=1))
     assert result.revoked == [staged.active.kid] and result.after.active.kid == staged.next.kid
     assert result.after.by_state("retired") == []
-    assert not plan(result.after, es(revoke=["no-such-kid"]), at(days=28, hours=2)).changed
     with pytest.raises(RunbookError, match="either all or a list"):
         es(revoke=["all", "abc"])
+
+
+def test_revoking_an_unknown_kid_is_refused_and_names_the_kids_there_are():
+    first = plan(KeySet(), es(), T0).after
+    rotated = plan(first, es(force=True), at(hours=1)).after
+    mistyped = rotated.active.kid[:-1] + ("A" if rotated.active.kid[-1] != "A" else "B")
+    with pytest.raises(RunbookError) as caught:
+        plan(rotated, es(revoke=[mistyped]), at(hours=2), where="key jwks.json of Secret/auth/keys")
+    msg = caught.value.msg
+    assert "no key with kid %r in key jwks.json of Secret/auth/keys" % mistyped in msg
+    assert "nothing was revoked" in msg
+    for key in rotated.keys:
+        assert "%s (%s, ES256)" % (key.kid, key.state) in msg
+    assert caught.value.details["existing_kids"] == rotated.kids()
+    # One unknown kid among known ones: still nothing at all is revoked.
+    with pytest.raises(RunbookError, match="no key with kid 'nope'"):
+        plan(rotated, es(revoke=[rotated.active.kid, "nope"]), at(hours=2))
+    with pytest.raises(RunbookError, match="the set holds no key"):
+        plan(KeySet(), es(revoke=["abc"]), T0)
+
+
+def test_revoking_the_same_kid_again_changes_nothing_and_says_so():
+    first = plan(KeySet(), es(), T0).after
+    rotated = plan(first, es(force=True), at(hours=1)).after
+    old = rotated.by_state("retired")[0].kid
+    revoked = plan(rotated, es(revoke=[old]), at(hours=2))
+    assert revoked.revoked == [old] and revoked.changed
+    stored = KeySet.parse(revoked.after.dump(), at(hours=3), DAY)
+    assert stored.was_removed(old) == {"kid": old, "removed": "2026-03-01T08:00:00Z", "reason": "revoked"}
+    again = plan(stored, es(revoke=[old]), at(hours=3))
+    assert not again.changed and again.revoked == []
+    assert again.notes == ["key %s was already revoked at 2026-03-01T08:00:00Z" % old]
+    # A key dropped at the end of its grace period is also known as removed.
+    dropped = plan(first, es(force=True, grace_period=HOUR), at(hours=1)).after
+    gone = plan(dropped, es(grace_period=HOUR), at(hours=3))
+    assert gone.dropped and not plan(gone.after, es(revoke=gone.dropped), at(hours=4)).changed
+
+
+def test_removed_history_is_bounded():
+    keys = plan(KeySet(), es(), T0).after
+    for hour in range(1, 130):
+        keys = plan(keys, es(force=True, grace_period=0), at(hours=hour)).after
+    assert len(json.loads(keys.dump())["removed"]) == 100
+    assert [k.state for k in keys.sorted().keys] == ["active", "retired"]
+
+
+def test_prepublish_longer_than_rotate_after_is_refused():
+    with pytest.raises(RunbookError, match="prepublish 2d is longer than rotate_after 1d"):
+        Policy("ES256", rotate_after=DAY, prepublish=2 * DAY)
+    assert Policy("ES256", rotate_after=DAY, prepublish=DAY).prepublish == DAY
+    with pytest.raises(RunbookError, match="rotate_after must be longer than 0"):
+        Policy("ES256", rotate_after=0)
+
+
+def test_rsa_key_size_is_bounded():
+    with pytest.raises(RunbookError, match="too small"):
+        Policy("RS256", key_size=1024)
+    with pytest.raises(RunbookError, match="too large for RS256: at most 8192"):
+        Policy("RS256", key_size=100000)
+
+
+def test_a_damaged_stored_key_is_refused_not_crashed_on():
+    jwk = generate_jwk("ES256")
+    for damaged in (dict(jwk, x=12345), dict(jwk, d="not base64!"), dict(jwk, kid=["a"]), dict(jwk, alg=7)):
+        with pytest.raises(RunbookError, match="damaged"):
+            KeySet.parse(json.dumps({"keys": [dict(damaged, state="active")]}), T0, DAY)
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("namespace", "../kube-system", "not a valid Kubernetes name"),
+    ("namespace", "Auth", "not a valid Kubernetes name"),
+    ("secret_name", "a/b", "not a valid Kubernetes name"),
+    ("secret_name", "x" * 300, "not a valid Kubernetes name"),
+    ("secret_key", "../jwks.json", "not a valid Secret or ConfigMap key"),
+    ("secret_key", "a\x00b", "control character"),
+    ("key_size", -1, "key_size must be at least 1"),
+    ("rotate_after", "0", "rotate_after must be a duration longer than 0s"),
+    ("rotate_after", "-5d", "not a duration"),
+    ("rotate_after", "1e308", "at most 36500d"),
+    ("grace_period", "nan", "grace_period must be a duration"),
+    ("prepublish", "inf", "prepublish must be a duration"),
+    ("wait_timeout", 0, "wait_timeout must be at least 1"),
+    ("revoke", ["kid\nx"], "control character"),
+    ("now", "9999-12-31T23:59:59Z", "out of range"),
+    ("public_jwks", {"name": "..", "kind": "ConfigMap"}, "public_jwks.name"),
+    ("active_key_secret", {"name": "ok", "key": "a/b"}, "active_key_secret.key"),
+    ("restart", [{"name": "Web", "kind": "Deployment"}], "restart[0].name"),
+])
+def test_hostile_options_are_refused_before_anything_is_read(option, value, words):
+    from ansible_collections.runbook.ops.plugins.module_utils._jwks import _read_options
+
+    params = {"namespace": "auth", "secret_name": "keys", "secret_key": "jwks.json", "algorithm": "ES256",
+              "key_size": 3072, "rotate_after": "30d", "grace_period": "24h", "prepublish": "0", "revoke": [],
+              "wait_timeout": 300}
+    params[option] = value
+    with pytest.raises(RunbookError, match=words.replace("[", "\\[").replace(".", "\\.")):
+        _read_options(params)
 
 
 def test_algorithm_change_rotates_and_discards_a_next_key_of_the_old_algorithm():
