@@ -21,6 +21,7 @@ rule, so ``fail_json`` explains the refusal.
 
 from __future__ import annotations
 
+import math
 import re
 import typing as t
 
@@ -249,7 +250,7 @@ def number(what: str, value: t.Any, minimum: t.Optional[float] = None, maximum: 
         num = float(value)
     except (TypeError, ValueError):
         raise RunbookError("%s %s is not a number" % (what, shown(value)))
-    if num != num or num in (float("inf"), float("-inf")):
+    if not math.isfinite(num):
         raise RunbookError("%s must be a finite number, not %s" % (what, shown(value)))
     low_ok = minimum is None or (num > minimum if above else num >= minimum)
     if not low_ok or (maximum is not None and num > maximum):
