@@ -779,6 +779,10 @@ def validate_params(params: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, str
         parse_workload(ref)
     ev = params.get("evidence") or {}
     if ev.get("capture", True) and params.get("state", "isolated") == "isolated":
+        from ansible_collections.runbook.ops.plugins.module_utils._repository import backend_from_options
+
+        # The URL's form, so check mode reports a mistyped repository (nothing is contacted here).
+        backend_from_options(ev)
         if ev.get("set"):
             path_segment("evidence.set", ev["set"])
         if ev.get("log_tail_lines") is not None:

@@ -210,6 +210,7 @@ ISOLATE_OPTIONS = {
     "evidence.log_limit_bytes": [0, -1],
     "evidence.since": ["0", "-5m", "nan", "whenever"],
     "evidence.encryption_recipients": [["age1notakey"], ["with\x00nul"]],
+    "evidence.repository": ["ftp://host/x", "file://relative/path", "s3://", "/no/scheme"],
 }
 
 
