@@ -31,6 +31,7 @@ MAX_SEGMENT_BYTES = 200
 PG_MAX_NAME_BYTES = 63
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+_HOST = re.compile(r"^[A-Za-z0-9:\[][A-Za-z0-9._:%\[\]-]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -91,16 +92,15 @@ def optional(check: t.Callable[..., str]) -> t.Callable[..., t.Optional[str]]:
 
 
 def host_name(what: str, value: t.Any) -> str:
-    """A host name or address to connect to: one token, no whitespace, control character or path
-    separator (a host never holds them; they would reach a resolver, a default set name or a URL)."""
+    """One host name or IP address to connect to (``[::1]`` and zone ids allowed): letters, digits and
+    ``. - : % [ ]``, no leading ``-``, at most 253 bytes. Anything else (spaces, ``=``, quotes, ``@``,
+    ``,``, separators) would reach a resolver, a connection string, a default set name or a URL."""
     text = no_control(what, value)
     if not text:
         raise RunbookError("%s is empty" % what)
-    if any(char.isspace() for char in text) or "/" in text or "\\" in text:
-        raise RunbookError("%s %s is not a host name or address (it holds whitespace or a path separator)"
+    if len(text) > 253 or not _HOST.match(text):
+        raise RunbookError("%s %s is not a host name or IP address (one server; letters, digits and . - : only)"
                            % (what, shown(text)))
-    if len(text.encode("utf-8")) > 253:
-        raise RunbookError("%s %s is longer than 253 bytes, the limit of a DNS name" % (what, shown(text)))
     return text
 
 

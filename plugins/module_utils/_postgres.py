@@ -48,7 +48,7 @@ import typing as t
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Stopwatch
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import check_compression
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    check_params, conninfo, int_in, no_control, optional, passfile_field, path_segment, pg_name, shown)
+    check_params, conninfo, host_name, int_in, no_control, optional, passfile_field, path_segment, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import (
     NullSink, StreamError, SubprocessSink, SubprocessSource, decode_stream)
 
@@ -66,9 +66,6 @@ PASSFILE_ROOT_PREFIX = "runbook-pg-pass-"
 # file, a service definition (which can name another host), server options.
 _DROPPED_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS")
 # A host name or an IP address (v4, v6 with zone): no spaces, quotes, '=', '@', ',' or '/', no leading '-'.
-_HOST_RE = re.compile(r"^[A-Za-z0-9:\[][A-Za-z0-9._:%\[\]-]*$")
-
-
 def connection_argspec() -> dict:
     """Connection options, named as in community.postgresql so one module_defaults block serves both."""
     return dict(
@@ -90,10 +87,7 @@ def login_host(what: str, value: t.Any) -> str:
     text = no_control(what, value)
     if text.startswith("/"):
         return unix_socket_dir(what, text)
-    if len(text) > 253 or not _HOST_RE.match(text):
-        raise RunbookError("%s %s is not a host name or IP address (one server; letters, digits and . - : only)"
-                           % (what, shown(text)))
-    return text
+    return host_name(what, text)
 
 
 def unix_socket_dir(what: str, value: t.Any) -> str:
