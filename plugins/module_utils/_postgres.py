@@ -65,7 +65,8 @@ PASSFILE_ROOT_PREFIX = "runbook-pg-pass-"
 # Environment variables the client programs must not inherit: another password or password
 # file, a service definition (which can name another host), server options.
 _DROPPED_ENV = ("PGPASSWORD", "PGPASSFILE", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS")
-# A host name or an IP address (v4, v6 with zone): no spaces, quotes, '=', '@', ',' or '/', no leading '-'.
+
+
 def connection_argspec() -> dict:
     """Connection options, named as in community.postgresql so one module_defaults block serves both."""
     return dict(
