@@ -1,16 +1,16 @@
 # -*- coding: utf-8 -*-
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What every backup-taking module shares: options, ``max_age`` idempotence, retention after
-success only, and the common result fields."""
+"""What every backup-taking module shares: options (:class:`BackupJobOptions`), ``max_age``
+idempotence, retention after success only, and the common result fields."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import typing as t
-import warnings
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import parse_duration, parse_time, utcnow
+from ansible_collections.runbook.ops.plugins.module_utils._common import Result, options_from, parse_duration, parse_time, utcnow
 from ansible_collections.runbook.ops.plugins.module_utils._names import int_in
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
     Repository, backup_summary, encryption_identity_argspec, repository_argspec)
@@ -21,11 +21,11 @@ UNENCRYPTED_WARNING = ("encryption_recipients is empty: the backup is stored une
                        "anyone who can read the repository can read the data")
 
 
-def retention_argspec() -> dict:
+def retention_argspec() -> t.Dict[str, t.Any]:
     return dict(retention=dict(type="dict", options={key: dict(type="int") for key in RETENTION_KEYS}))
 
 
-def backup_job_argspec() -> dict:
+def backup_job_argspec() -> t.Dict[str, t.Any]:
     """Repository, encryption, compression, set/labels, max_age and retention options."""
     spec = repository_argspec()
     spec.update(encryption_identity_argspec())
@@ -58,13 +58,37 @@ def check_compression(params: t.Mapping[str, t.Any]) -> None:
         int_in("compression_threads", params["compression_threads"], 0, MAX_COMPRESSION_THREADS, "0 uses every core")
 
 
-def compression_settings(params: dict) -> dict:
+def compression_settings(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     return {"algorithm": params["compression"], "level": params.get("compression_level"),
             "threads": params.get("compression_threads") or 0}
 
 
-def fresh_backup(repo: Repository, kind: str, set_name: str, max_age: t.Optional[str],
-                 now: t.Optional[datetime.datetime] = None) -> t.Optional[dict]:
+@dataclasses.dataclass(frozen=True)
+class BackupJobOptions:
+    """The options of :func:`backup_job_argspec` that a backup flow reads (the repository and
+    identity options are read by ``Repository.from_options`` and ``load_identities``)."""
+
+    set: t.Optional[str]
+    labels: t.Dict[str, t.Any]
+    max_age: t.Optional[float]
+    compression: str
+    compression_level: t.Optional[int]
+    compression_threads: int
+    encryption_recipients: t.List[str]
+    retention: t.Optional[t.Dict[str, t.Any]]
+
+    @classmethod
+    def from_params(cls, params: t.Mapping[str, t.Any]) -> "BackupJobOptions":
+        check_compression(params)
+        return options_from(cls, params, max_age=parse_duration(params.get("max_age"), "max_age"))
+
+    @property
+    def compression_settings(self) -> t.Dict[str, t.Any]:
+        return {"algorithm": self.compression, "level": self.compression_level, "threads": self.compression_threads}
+
+
+def fresh_backup(repo: Repository, kind: str, set_name: str, max_age: t.Union[str, float, None],
+                 now: t.Optional[datetime.datetime] = None) -> t.Optional[t.Dict[str, t.Any]]:
     """The newest complete backup younger than ``max_age``, if any (then the job does nothing)."""
     seconds = parse_duration(max_age, "max_age")
     if not seconds:
@@ -76,10 +100,10 @@ def fresh_backup(repo: Repository, kind: str, set_name: str, max_age: t.Optional
     return latest if age < seconds else None
 
 
-def prune_after_success(repo: Repository, kind: str, set_name: str, policy: t.Optional[dict],
-                        dry_run: bool = False) -> t.List[dict]:
+def prune_after_success(repo: Repository, kind: str, set_name: str, policy: t.Optional[t.Mapping[str, t.Any]],
+                        dry_run: bool = False) -> t.List[t.Dict[str, t.Any]]:
     """Retention for one set; call it only once the new backup is committed."""
-    if policy_is_empty(policy):
+    if policy is None or policy_is_empty(policy):
         return []
     _kept, removed = repo.prune(policy, kind, set_name, dry_run=dry_run)
     return removed
@@ -89,8 +113,8 @@ def throughput_mib_s(raw_bytes: int, seconds: float) -> float:
     return round(raw_bytes / 1048576.0 / seconds, 1) if seconds > 0 else 0.0
 
 
-def backup_result(manifest: t.Optional[dict], duration_s: float, skipped: bool = False,
-                  pruned: t.Optional[t.List[dict]] = None) -> dict:
+def backup_result(manifest: t.Optional[t.Mapping[str, t.Any]], duration_s: float, skipped: bool = False,
+                  pruned: t.Optional[t.List[t.Dict[str, t.Any]]] = None) -> Result:
     """The result fields every backup module returns."""
     return {
         "changed": not skipped,
@@ -104,6 +128,22 @@ def backup_result(manifest: t.Optional[dict], duration_s: float, skipped: bool =
     }
 
 
+def verified_entry(manifest: t.Mapping[str, t.Any], level: str, problems: t.Sequence[str] = (),
+                   **details: t.Any) -> t.Dict[str, t.Any]:
+    """One entry of the ``verified`` list every module returns: which backup, at which level, whether
+    it passed, what is wrong (each problem names the object), and the level's own facts."""
+    return {
+        "backup_id": manifest.get("id"),
+        "kind": manifest.get("kind"),
+        "set": manifest.get("set"),
+        "level": level,
+        "ok": not problems,
+        "problems": list(problems),
+        "details": details,
+    }
+
+
 def silence_library_warnings() -> None:
-    """Library deprecation chatter (boto3's Python support notices) is not ours to show users."""
+    """TEMPORARY: run_task does this now; removed once every module uses it."""
+    import warnings  # pylint: disable=import-outside-toplevel
     warnings.filterwarnings("ignore", category=DeprecationWarning)

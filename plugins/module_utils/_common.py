@@ -1,11 +1,25 @@
 # -*- coding: utf-8 -*-
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What every runbook.ops module shares: the error type, the runner that turns errors into
-``fail_json``, and parsing of durations and timestamps."""
+"""What every runbook.ops module shares: the task contract (:class:`Task`, :func:`run_task`), the one
+failure type (:class:`RunbookError`), and parsing of durations and timestamps.
+
+A module's ``main()`` is always the same three lines::
+
+    def main() -> None:
+        module = RunbookModule(**module_args())
+        run_task(module, HealthOptions.from_params, run_health)
+
+``HealthOptions.from_params`` turns the validated parameters into a typed options object (defaults
+live only in the argument spec); ``run_health(task)`` does the work and returns the result. The
+runner alone decides what leaves the module: it adds ``diff`` only when the user asked for it,
+adds ``duration_s``, emits warnings, closes the clients the task opened and turns every error into
+``fail_json``, keeping the partial result a :class:`RunbookError` carries.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import socket
@@ -13,6 +27,7 @@ import ssl
 import time
 import traceback
 import typing as t
+import warnings
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -20,10 +35,16 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|w|d|h|m|s)")
 _UNIT_SECONDS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-class RunbookError(Exception):
-    """An expected failure: its message is shown to the user as is, ``details`` go into the result."""
+Result = t.Dict[str, t.Any]
+"""What a module returns: ``changed``, ``msg``, ``duration_s`` and its own fields (docs/results.md)."""
 
-    def __init__(self, msg: str, **details: t.Any) -> None:
+
+class RunbookError(Exception):
+    """An expected failure: its message is shown to the user as is; ``details`` is the partial
+    result (what was done or found before the failure), returned beside ``failed: true``."""
+
+    def __init__(self, msg: str, /, **details: t.Any) -> None:
+        # ``msg`` is positional-only so a whole result (with its own ``msg``) can be the details.
         super().__init__(msg)
         self.msg = msg
         self.details = details
@@ -145,7 +166,7 @@ class RunbookModule(AnsibleModule):
         super().__init__(*args, **kwargs)
 
     def _load_params(self) -> None:
-        super()._load_params()  # type: ignore[misc]
+        super()._load_params()
         for extract in self._sensitive:
             try:
                 self.no_log_values.update(value for value in extract(self.params) if value)
@@ -154,13 +175,128 @@ class RunbookModule(AnsibleModule):
                 pass
 
 
-def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:
-    """Run ``action(module)`` and exit with its result; every failure becomes ``fail_json``.
+class Closeable(t.Protocol):
+    def close(self) -> None: ...
 
-    ``RunbookError`` carries a message written for the user. Anything else is a bug or a
-    library error we did not anticipate: still a clean ``fail_json`` naming the exception type,
-    with the traceback in the ``exception`` field (shown at -vvv) rather than a crash.
+
+OptionsT = t.TypeVar("OptionsT")
+ClientT = t.TypeVar("ClientT", bound=Closeable)
+Opener = t.Callable[[t.Mapping[str, t.Any]], ClientT]
+
+
+class Task(t.Generic[OptionsT]):
+    """What a module hands its helper: typed ``options``, ``check_mode``, ``diff``, ``warn`` and the
+    clients it opens through :meth:`client` (closed by the runner on every exit path).
+
+    ``params`` are the validated module parameters; only client openers read them (a Kubernetes
+    client is built from the same auth options as kubernetes.core), helpers read ``options``.
     """
+
+    def __init__(self, options: OptionsT, params: t.Optional[t.Mapping[str, t.Any]] = None,
+                 check_mode: bool = False, diff: bool = False) -> None:
+        self.options = options
+        self.params: t.Mapping[str, t.Any] = params or {}
+        self.check_mode = check_mode
+        self.diff = diff
+        self.warnings: t.List[str] = []
+        self._clients: t.Dict[t.Any, Closeable] = {}
+        self._provided: t.Dict[t.Any, Closeable] = {}
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def client(self, opener: "Opener[ClientT]") -> ClientT:
+        """The client ``opener(params)`` returns, opened once per task and closed by the runner."""
+        if opener in self._provided:
+            return t.cast(ClientT, self._provided[opener])
+        if opener not in self._clients:
+            self._clients[opener] = opener(self.params)
+        return t.cast(ClientT, self._clients[opener])
+
+    def provide(self, opener: "Opener[ClientT]", client: ClientT) -> None:
+        """Use ``client`` wherever :meth:`client` is asked for ``opener`` (the caller keeps ownership:
+        the task does not close it). For tests and for a caller that already holds a client."""
+        self._provided[opener] = client
+
+    def close(self) -> None:
+        """Close every client the task opened, newest first; a failing close never hides the result."""
+        clients, self._clients = list(self._clients.values()), {}
+        for opened in reversed(clients):
+            try:
+                opened.close()
+            except Exception as exc:  # pylint: disable=broad-except
+                self.warn("closing %s failed: %s" % (type(opened).__name__, exc))
+
+    def __enter__(self) -> "Task[OptionsT]":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _finished(result: Result, diff: bool, stopwatch: Stopwatch) -> Result:
+    result.setdefault("changed", False)
+    result.setdefault("duration_s", stopwatch.elapsed)
+    if not diff:
+        result.pop("diff", None)
+    return result
+
+
+def run_task(module: AnsibleModule, options: t.Callable[[t.Mapping[str, t.Any]], OptionsT],
+             action: t.Callable[[Task[OptionsT]], Result]) -> None:
+    """Build the options, run ``action(task)``, close its clients and exit; the one place where a
+    result leaves a module.
+
+    :class:`RunbookError` carries a message written for the user and the partial result. Anything
+    else is a bug or a library error we did not anticipate: still a clean ``fail_json`` naming the
+    exception type, with the traceback in ``exception`` (shown at -vvv) rather than a crash.
+    """
+    stopwatch = Stopwatch()
+    # Library deprecation chatter (boto3's Python support notices) is not ours to show users.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    diff = bool(getattr(module, "_diff", False))
+    task: t.Optional[Task[OptionsT]] = None
+    try:
+        task = Task(options(module.params), module.params, check_mode=module.check_mode, diff=diff)
+        with task:
+            result = action(task)
+    except RunbookError as exc:
+        _emit_warnings(module, task)
+        details = dict(exc.details)
+        details.pop("msg", None)
+        module.fail_json(msg=exc.msg, **_finished(details, diff, stopwatch))
+    except Exception as exc:  # pylint: disable=broad-except
+        _emit_warnings(module, task)
+        module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc(),
+                         duration_s=stopwatch.elapsed)
+    else:
+        _emit_warnings(module, task)
+        module.exit_json(**_finished(result, diff, stopwatch))
+
+
+def _emit_warnings(module: AnsibleModule, task: t.Optional[Task[t.Any]]) -> None:
+    for message in task.warnings if task is not None else ():
+        module.warn(message)
+
+
+def options_from(cls: t.Type[OptionsT], params: t.Mapping[str, t.Any], **converted: t.Any) -> OptionsT:
+    """``cls`` (a dataclass) from the validated parameters of the same names; ``converted`` holds
+    the fields the caller parsed itself (durations, nested options). Defaults are the argument
+    spec's: a parameter the spec does not define is a programming error, not a silent default."""
+    values = {}
+    for field in dataclasses.fields(t.cast(t.Any, cls)):
+        if not field.init:
+            continue
+        if field.name in converted:
+            values[field.name] = converted[field.name]
+        elif field.name in params:
+            values[field.name] = params[field.name]
+    return cls(**values)
+
+
+def run_module(module: t.Any, action: t.Callable[[t.Any], Result]) -> None:
+    """TEMPORARY shim while modules move to :func:`run_task`; removed before this change lands."""
     try:
         result = action(module)
     except RunbookError as exc:
@@ -168,11 +304,10 @@ def run_module(module: t.Any, action: t.Callable[[t.Any], dict]) -> None:
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())
     else:
-        # Actions return their warnings with the result; Ansible wants them through warn().
         for warning in result.pop("warnings", None) or []:
             module.warn(warning)
         failed_msg = result.pop("_fail_msg", None)
         if failed_msg:
-            result.pop("msg", None)  # the failure message replaces the action's own summary
+            result.pop("msg", None)
             module.fail_json(msg=failed_msg, **result)
         module.exit_json(**result)

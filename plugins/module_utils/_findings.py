@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import typing as t
 
+Finding = t.Dict[str, t.Any]
+
 SEVERITIES = ("ok", "info", "warning", "unknown", "critical")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 FAIL_ON_CHOICES = ("never", "warning", "critical")
 
 
-def finding(severity: str, check: str, obj: str, message: str, details: t.Optional[dict] = None) -> dict:
+def finding(severity: str, check: str, obj: str, message: str, details: t.Optional[t.Mapping[str, t.Any]] = None) -> Finding:
     """Build one finding; ``obj`` reads like ``Deployment/payments/auth-service``."""
     if severity not in _RANK:
         raise ValueError("unknown severity %r" % severity)
@@ -38,7 +40,7 @@ def worst(severities: t.Iterable[str]) -> str:
     return result
 
 
-def summarize(findings: t.Sequence[dict]) -> t.Tuple[str, t.Dict[str, int]]:
+def summarize(findings: t.Sequence[Finding]) -> t.Tuple[str, t.Dict[str, int]]:
     """Return ``(status, summary)``: the worst severity and a count per severity."""
     summary = {name: 0 for name in SEVERITIES}
     for item in findings:
@@ -53,6 +55,6 @@ def reaches(status: str, fail_on: str) -> bool:
     return _RANK[status] >= _RANK[fail_on]
 
 
-def sort_findings(findings: t.List[dict]) -> t.List[dict]:
+def sort_findings(findings: t.List[Finding]) -> t.List[Finding]:
     """Worst first, then by check and object, so reports read the same on every run."""
     return sorted(findings, key=lambda f: (-_RANK[f["severity"]], f["check"], f["object"], f["message"]))

@@ -165,7 +165,7 @@ def check_params(params: t.Mapping[str, t.Any], rules: t.Mapping[str, t.Callable
             check(option, value)
 
 
-def trusted_manifest(manifest: t.Any, kind: str, set_name: str, found_id: str, where: str) -> dict:
+def trusted_manifest(manifest: t.Any, kind: str, set_name: str, found_id: str, where: str) -> t.Dict[str, t.Any]:
     """A manifest read from storage is trusted only when its ``kind``, ``set`` and ``id`` match the
     path it was found under and its object names are plain names (a planted or copied manifest
     cannot steer what is read or deleted)."""
