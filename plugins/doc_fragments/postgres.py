@@ -6,7 +6,9 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """PostgreSQL connection options, named as in community.postgresql."""
+    """PostgreSQL connection options, named as in community.postgresql: the documentation of
+    ``postgres_connection_argspec()`` (``plugins/module_utils/_pg_connection.py``), which every
+    PostgreSQL module's argument spec includes."""
 
     DOCUMENTATION = r"""
 options:

@@ -92,7 +92,7 @@ options:
       - One path component of at most 200 bytes; slashes, backslashes, control characters and a leading dot are refused.
     type: str
   labels:
-    description: Free-form string labels recorded in the manifest and shown by M(runbook.ops.backup_repo).
+    description: Free-form string labels recorded in the manifest and shown by M(runbook.ops.backup_repo_info).
     type: dict
     default: {}
   max_age:
@@ -108,6 +108,9 @@ options:
     description:
       - Which backups of each set to keep, with restic C(forget) meaning; the kept set is the union of
         all rules and always includes the newest complete backup of the set.
+      - A period rule (O(retention.keep_hourly) to O(retention.keep_yearly)) that still has periods left when it
+        reaches the oldest backup keeps that one too, as restic does.
+      - A policy whose rules are all 0 or empty removes nothing.
       - The backup modules apply it only after a B(successful) backup, never after a failed one;
         M(runbook.ops.backup_repo) applies it with O(ignore:state=prune) to each set in scope.
     type: dict
@@ -127,4 +130,16 @@ options:
       keep_monthly:
         description: Keep the newest backup of each of the last N months that have one.
         type: int
+      keep_yearly:
+        description:
+          - Keep the newest backup of each of the last N years that have one (UTC), e.g. V(7) for backups
+            that must be kept seven years.
+        type: int
+      keep_within:
+        description:
+          - Keep every backup taken less than this long before the B(newest) backup of the set (not before
+            now, so a set whose backups stopped keeps its last ones), as restic C(--keep-within).
+          - Years, months, days and hours in that order, as restic writes them, e.g. V(7y), V(1y6m), V(30d), V(1d12h).
+            V(m) means months, not minutes; months and years are calendar units.
+        type: str
 """

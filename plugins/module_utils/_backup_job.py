@@ -14,7 +14,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import Result,
 from ansible_collections.runbook.ops.plugins.module_utils._names import int_in
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
     Repository, backup_summary, encryption_identity_argspec, repository_argspec)
-from ansible_collections.runbook.ops.plugins.module_utils._retention import RETENTION_KEYS, policy_is_empty
+from ansible_collections.runbook.ops.plugins.module_utils._retention import RETENTION_KEYS, check_policy, policy_is_empty
 from ansible_collections.runbook.ops.plugins.module_utils._stream import COMPRESSIONS
 
 UNENCRYPTED_WARNING = ("encryption_recipients is empty: the backup is stored unencrypted; "
@@ -22,7 +22,7 @@ UNENCRYPTED_WARNING = ("encryption_recipients is empty: the backup is stored une
 
 
 def retention_argspec() -> t.Dict[str, t.Any]:
-    return dict(retention=dict(type="dict", options={key: dict(type="int") for key in RETENTION_KEYS}))
+    return dict(retention=dict(type="dict", options={key: dict(type=kind) for key, kind in RETENTION_KEYS.items()}))
 
 
 def backup_job_argspec() -> t.Dict[str, t.Any]:
@@ -80,6 +80,7 @@ class BackupJobOptions:
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "BackupJobOptions":
         check_compression(params)
+        check_policy(params.get("retention"))
         return options_from(cls, params, max_age=parse_duration(params.get("max_age"), "max_age"))
 
     @property

@@ -36,20 +36,31 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 FORMAT_VERSION = 1
 TOOL_VERSION = "0.1.0"
 KINDS = ("postgresql", "redis", "kubernetes", "evidence")
+Json = t.Dict[str, t.Any]
+"""A manifest, a summary or an option mapping: JSON-shaped data."""
 DEFAULT_REPOSITORY = "file:///var/backups/runbook"
 
 # S3 multipart: the first parts are small so memory stays low; the part size doubles every
-# 1000 parts, so an unknown-length stream of 16 TiB still fits in 10,000 parts.
+# 1000 parts up to S3's 5 GiB maximum (see part_size).
 S3_MIN_PART = 16 * 1024 * 1024
 S3_MAX_PART = 5 * 1024 * 1024 * 1024
 S3_PARTS_PER_STEP = 1000
 S3_MAX_PARTS = 10000
+# The largest stream of unknown length that fits in S3_MAX_PARTS parts: 1000 parts each of 16, 32,
+# ..., 4096 MiB, then 1000 of 5 GiB (the 8 GiB step is capped): 13,296,000 MiB, about 12.68 TiB.
+# A size hint (a database's size) raises the first part size and the limit with it.
+S3_UNKNOWN_LENGTH_LIMIT = 13296000 * 1024 * 1024
 # A part buffer larger than this is spooled to a 0600 temporary file (page cache, not process
 # memory): the part being filled, the one queued and the one uploading cost little RSS.
 S3_PART_MEMORY = 4 * 1024 * 1024
 
 
-def repository_argspec() -> dict:
+def part_size(number: int, base_part: int = S3_MIN_PART) -> int:
+    """Bytes in multipart part ``number`` (from 1): ``base_part``, doubled every S3_PARTS_PER_STEP parts."""
+    return min(S3_MAX_PART, base_part << ((number - 1) // S3_PARTS_PER_STEP))
+
+
+def repository_argspec() -> Json:
     """Options shared by every module that reads or writes the repository."""
     return dict(
         repository=dict(type="str", default=DEFAULT_REPOSITORY),
@@ -66,7 +77,7 @@ def repository_argspec() -> dict:
     )
 
 
-def encryption_identity_argspec() -> dict:
+def encryption_identity_argspec() -> Json:
     return dict(encryption_identity=dict(type="str", no_log=True))
 
 
@@ -80,7 +91,7 @@ class RepositoryMissing(RunbookError):
     """The repository itself is not there (a file repository's directory, an S3 bucket)."""
 
 
-def name_rules() -> dict:
+def name_rules() -> Json:
     """Validators of the repository options that become parts of a key (see ``_names.check_params``)."""
     return {"set": path_segment, "backup_id": lambda what, value: check_backup_id(value, what)}
 
@@ -146,6 +157,9 @@ class Backend:
 
     def discard_prefix(self, prefix: str) -> None:
         """Forget an empty backup prefix (file repositories remove its empty directories)."""
+
+    def close(self) -> None:
+        """Release connections (S3); a file repository holds none."""
 
 
 class _FileWriter:
@@ -295,7 +309,7 @@ class _S3Writer:
         self.backend = backend
         self.key = key
         self.upload_id: t.Optional[str] = None
-        self.parts: t.List[dict] = []
+        self.parts: t.List[Json] = []
         self.base_part = max(S3_MIN_PART, -(-(size_hint or 0) * 3 // 2 // 9000))
         self.buffer = self._new_buffer()
         self.buffered = 0
@@ -309,7 +323,7 @@ class _S3Writer:
         return tempfile.SpooledTemporaryFile(max_size=S3_PART_MEMORY)  # pylint: disable=consider-using-with
 
     def _part_size(self, number: int) -> int:
-        return min(S3_MAX_PART, self.base_part * (2 ** ((number - 1) // S3_PARTS_PER_STEP)))
+        return part_size(number, self.base_part)
 
     def write(self, data: bytes) -> int:
         if self.error is not None:
@@ -330,11 +344,13 @@ class _S3Writer:
     def _send_buffer(self) -> None:
         if self.upload_id is None:
             self.upload_id = self.backend.create_upload(self.key)
-            self.thread = threading.Thread(target=self._uploader, daemon=True)
+            self.thread = threading.Thread(target=self._uploader, args=(self.upload_id,), daemon=True)
             self.thread.start()
         self._sent += 1
         if self._sent > S3_MAX_PARTS:
-            raise StreamError("store", "%s: more than %d parts" % (self.backend.describe(self.key), S3_MAX_PARTS))
+            limit_tib = S3_UNKNOWN_LENGTH_LIMIT / 1024.0 ** 4
+            raise StreamError("store", "%s: the stream needs more than S3's %d multipart parts (without a size hint "
+                                       "about %.2f TiB fit)" % (self.backend.describe(self.key), S3_MAX_PARTS, limit_tib))
         self.buffer.seek(0)
         item = (self._sent, self.buffer)
         while True:
@@ -348,7 +364,7 @@ class _S3Writer:
         self.buffer = self._new_buffer()
         self.buffered = 0
 
-    def _uploader(self) -> None:
+    def _uploader(self, upload_id: str) -> None:
         while True:
             item = self.queue.get()
             if item is None:
@@ -356,7 +372,7 @@ class _S3Writer:
             number, body = item
             try:
                 if self.error is None:
-                    etag = self.backend.upload_part(self.key, self.upload_id, number, body)
+                    etag = self.backend.upload_part(self.key, upload_id, number, body)
                     self.parts.append({"PartNumber": number, "ETag": etag})
             except BaseException as exc:  # pylint: disable=broad-except
                 self.error = exc
@@ -402,7 +418,7 @@ class _S3Writer:
 
 
 class S3Backend(Backend):
-    def __init__(self, bucket: str, prefix: str, options: dict) -> None:
+    def __init__(self, bucket: str, prefix: str, options: t.Mapping[str, t.Any]) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = "s3://%s/%s" % (bucket, self.prefix) if self.prefix else "s3://%s" % bucket
@@ -417,7 +433,7 @@ class S3Backend(Backend):
                 from botocore.config import Config
             except ImportError:
                 raise RunbookError("the boto3 Python package is required for s3:// repositories (pip install boto3)")
-            config_args: dict = dict(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+            config_args: Json = dict(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
                                      read_timeout=120, signature_version="s3v4")
             if self.options.get("s3_checksum") == "when_required":
                 config_args.update(request_checksum_calculation="when_required",
@@ -433,13 +449,18 @@ class S3Backend(Backend):
                                           config=Config(**config_args))
         return self._client
 
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     def _key(self, key: str) -> str:
         return "%s/%s" % (self.prefix, key) if self.prefix else key
 
     def _unkey(self, full: str) -> str:
         return full[len(self.prefix) + 1:] if self.prefix else full
 
-    def _sse(self) -> dict:
+    def _sse(self) -> Json:
         sse = self.options.get("s3_sse") or "none"
         if sse == "none":
             return {}
@@ -473,19 +494,20 @@ class S3Backend(Backend):
     def create_upload(self, key: str) -> str:
         reply = self._call("upload", key, self.client.create_multipart_upload, Bucket=self.bucket,
                            Key=self._key(key), **self._sse())
-        return reply["UploadId"]
+        return str(reply["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, body: t.Any) -> str:
         reply = self._call("upload", key, self.client.upload_part, Bucket=self.bucket, Key=self._key(key),
                            UploadId=upload_id, PartNumber=number, Body=body)
-        return reply["ETag"]
+        return str(reply["ETag"])
 
-    def complete_upload(self, key: str, upload_id: str, parts: t.List[dict]) -> None:
+    def complete_upload(self, key: str, upload_id: str, parts: t.List[Json]) -> None:
         self._call("upload", key, self.client.complete_multipart_upload, Bucket=self.bucket, Key=self._key(key),
                    UploadId=upload_id, MultipartUpload={"Parts": parts})
 
     def get_bytes(self, key: str) -> bytes:
-        return self.open_reader(key).read(MAX_MANIFEST_BYTES + 1)
+        data: bytes = self.open_reader(key).read(MAX_MANIFEST_BYTES + 1)
+        return data
 
     def open_reader(self, key: str) -> t.Any:
         reply = self._call("read", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
@@ -521,7 +543,7 @@ class S3Backend(Backend):
                    Key=self._key(upload.key), UploadId=upload.upload_id)
 
 
-def backend_from_options(options: dict) -> Backend:
+def backend_from_options(options: t.Mapping[str, t.Any]) -> Backend:
     url = options.get("repository") or DEFAULT_REPOSITORY
     parsed = urlparse(url)
     if parsed.scheme == "file":
@@ -543,7 +565,7 @@ class BackupWriter:
     """Writes one backup; ``commit()`` writes the manifest last. Leaving the ``with`` block with
     an exception removes every object written so far."""
 
-    def __init__(self, repo: "Repository", kind: str, set_name: str, labels: t.Optional[dict] = None,
+    def __init__(self, repo: "Repository", kind: str, set_name: str, labels: t.Optional[Json] = None,
                  now: t.Optional[datetime.datetime] = None) -> None:
         if kind not in KINDS:
             raise RunbookError("kind %r is not one of %s" % (kind, ", ".join(KINDS)))
@@ -554,13 +576,13 @@ class BackupWriter:
         self.started = now or utcnow()
         self.backup_id = new_backup_id(self.started)
         self.prefix = "%s/%s/%s" % (kind, self.set, self.backup_id)
-        self.objects: t.List[dict] = []
+        self.objects: t.List[Json] = []
         self._written: t.List[str] = []
         self._recipients: t.List[str] = []
         self.committed = False
 
     def add_object(self, name: str, source: t.Any, compression: str = "zstd", level: t.Optional[int] = None,
-                   threads: int = 0, recipients: t.Sequence[str] = (), size_hint: t.Optional[int] = None) -> dict:
+                   threads: int = 0, recipients: t.Sequence[str] = (), size_hint: t.Optional[int] = None) -> Json:
         """Stream ``source`` (a readable) into object ``name``; returns its manifest entry."""
         path_segment("object name", name)
         key = "%s/%s" % (self.prefix, name)
@@ -578,8 +600,8 @@ class BackupWriter:
         self.objects.append(entry)
         return entry
 
-    def commit(self, source: t.Optional[dict] = None, fmt: str = "", compression: t.Optional[dict] = None,
-               extra: t.Optional[dict] = None) -> dict:
+    def commit(self, source: t.Optional[Json] = None, fmt: str = "", compression: t.Optional[Json] = None,
+               extra: t.Optional[Json] = None) -> Json:
         """Write the manifest (the commit marker). ``compression`` describes the settings used
         (algorithm, level, threads); encryption is recorded from the objects' recipients."""
         finished = utcnow()
@@ -628,7 +650,7 @@ class BackupWriter:
             self.abort()
 
 
-def backup_summary(manifest: dict) -> dict:
+def backup_summary(manifest: t.Mapping[str, t.Any]) -> Json:
     """What ``list`` shows for one backup."""
     return {
         "id": manifest["id"], "kind": manifest["kind"], "set": manifest["set"],
@@ -645,14 +667,18 @@ class Repository:
         self.backend = backend
 
     @classmethod
-    def from_options(cls, options: dict) -> "Repository":
+    def from_options(cls, options: t.Mapping[str, t.Any]) -> "Repository":
+        """The repository the options name; also the opener a task uses (``task.client(Repository.from_options)``)."""
         return cls(backend_from_options(options))
+
+    def close(self) -> None:
+        self.backend.close()
 
     @property
     def url(self) -> str:
         return self.backend.url
 
-    def new_backup(self, kind: str, set_name: str, labels: t.Optional[dict] = None,
+    def new_backup(self, kind: str, set_name: str, labels: t.Optional[Json] = None,
                    now: t.Optional[datetime.datetime] = None) -> BackupWriter:
         return BackupWriter(self, kind, set_name, labels, now)
 
@@ -669,7 +695,7 @@ class Repository:
         return ""
 
     def scan(self, kind: t.Optional[str] = None, set_name: t.Optional[str] = None,
-             with_uploads: bool = False) -> t.Tuple[t.List[dict], t.List[dict]]:
+             with_uploads: bool = False) -> t.Tuple[t.List[Json], t.List[Json]]:
         """``(manifests newest first, incomplete backups)`` below the scope.
 
         A manifest counts only when it matches the path it was found under (see
@@ -705,14 +731,14 @@ class Repository:
         incomplete.sort(key=lambda i: i["backup_id"], reverse=True)
         return manifests, incomplete
 
-    def _load_manifest(self, kind: str, set_name: str, backup_id: str) -> dict:
+    def _load_manifest(self, kind: str, set_name: str, backup_id: str) -> Json:
         key = "%s/%s/%s/%s" % (kind, set_name, backup_id, MANIFEST)
         data = self.backend.get_bytes(key)
         if len(data) > MAX_MANIFEST_BYTES:
             raise RunbookError("manifest %s is larger than %d bytes; it is not trusted" % (self.backend.describe(key), MAX_MANIFEST_BYTES))
         return trusted_manifest(json.loads(data), kind, set_name, backup_id, self.backend.describe(key))
 
-    def _unfinished_upload_groups(self, scope: str, groups: t.Mapping[t.Tuple[str, str, str], t.List[StoredObject]]) -> t.List[dict]:
+    def _unfinished_upload_groups(self, scope: str, groups: t.Mapping[t.Tuple[str, str, str], t.List[StoredObject]]) -> t.List[Json]:
         pending: t.Dict[t.Tuple[str, str, str], t.List[UnfinishedUpload]] = {}
         for upload in self.backend.unfinished_uploads(scope):
             parts = upload.key.split("/")
@@ -737,7 +763,7 @@ class Repository:
                           "_keys": []})
         return items
 
-    def _incomplete(self, kind: str, set_name: str, backup_id: str, objects: t.List[StoredObject], reason: str) -> dict:
+    def _incomplete(self, kind: str, set_name: str, backup_id: str, objects: t.List[StoredObject], reason: str) -> Json:
         return {"kind": kind, "set": set_name, "backup_id": backup_id, "reason": reason,
                 "prefix": self.backend.describe("%s/%s/%s/" % (kind, set_name, backup_id)),
                 "objects": sorted(o.key.rsplit("/", 1)[-1] for o in objects),
@@ -745,11 +771,11 @@ class Repository:
                 "modified": isoformat(max(o.modified for o in objects)),
                 "_keys": [o.key for o in objects]}
 
-    def latest(self, kind: str, set_name: str) -> t.Optional[dict]:
+    def latest(self, kind: str, set_name: str) -> t.Optional[Json]:
         manifests = self.scan(kind, set_name)[0]
         return manifests[0] if manifests else None
 
-    def get(self, kind: str, set_name: str, backup_id: t.Optional[str] = None) -> dict:
+    def get(self, kind: str, set_name: str, backup_id: t.Optional[str] = None) -> Json:
         """The manifest of ``backup_id`` (the latest complete one when empty); a clear error if none."""
         self._scope(kind, set_name)
         if not backup_id:
@@ -766,11 +792,11 @@ class Repository:
             raise RunbookError("backup %s of %s set %r not found in %s (or it is incomplete: no manifest)"
                                % (backup_id, kind, set_name, self.url))
 
-    def object_key(self, manifest: dict, name: str) -> str:
+    def object_key(self, manifest: Json, name: str) -> str:
         return "%s/%s/%s/%s" % (manifest["kind"], path_segment("set", manifest["set"]),
                                 check_backup_id(manifest["id"]), path_segment("object name", name))
 
-    def read_object(self, manifest: dict, entry: dict, destination: t.Any, identities: t.Sequence[t.Any] = ()) -> dict:
+    def read_object(self, manifest: Json, entry: Json, destination: t.Any, identities: t.Sequence[t.Any] = ()) -> Json:
         """Stream one object's plain bytes into ``destination``, checked against the manifest."""
         reader = self.backend.open_reader(self.object_key(manifest, entry["name"]))
         try:
@@ -780,7 +806,7 @@ class Repository:
         finally:
             reader.close()
 
-    def verify(self, manifest: dict, identities: t.Sequence[t.Any] = ()) -> dict:
+    def verify(self, manifest: Json, identities: t.Sequence[t.Any] = ()) -> Json:
         """Re-read every object: size and sha256 against the manifest; with identities, decrypt and
         decompress to the end too. Returns ``{backup_id, kind, set, ok, level, problems}``."""
         problems: t.List[str] = []
@@ -796,7 +822,7 @@ class Repository:
         return {"backup_id": manifest["id"], "kind": manifest["kind"], "set": manifest["set"],
                 "level": "decrypt" if deep else "checksum", "ok": not problems, "problems": problems}
 
-    def _checksum_only(self, manifest: dict, entry: dict) -> None:
+    def _checksum_only(self, manifest: Json, entry: Json) -> None:
         reader = self.backend.open_reader(self.object_key(manifest, entry["name"]))
         try:
             decode_stream(reader, NullSink(), "none", encrypted=False, expected_sha256=entry.get("sha256"),
@@ -804,17 +830,17 @@ class Repository:
         finally:
             reader.close()
 
-    def delete_backup(self, manifest: dict) -> None:
+    def delete_backup(self, manifest: Json) -> None:
         """Manifest first: an interrupted delete leaves an incomplete backup, never a broken complete one."""
         prefix = "%s/%s/%s/" % (manifest["kind"], manifest["set"], manifest["id"])
         self.backend.delete([prefix + MANIFEST])
         self.backend.delete([o.key for o in self.backend.list_objects(prefix)])
 
-    def prune(self, policy: dict, kind: t.Optional[str] = None, set_name: t.Optional[str] = None,
-              dry_run: bool = False) -> t.Tuple[t.List[dict], t.List[dict]]:
+    def prune(self, policy: t.Mapping[str, t.Any], kind: t.Optional[str] = None, set_name: t.Optional[str] = None,
+              dry_run: bool = False) -> t.Tuple[t.List[Json], t.List[Json]]:
         """Apply ``policy`` to each set in scope; returns ``(kept, removed)`` summaries."""
         manifests = self.scan(kind, set_name)[0]
-        by_set: t.Dict[t.Tuple[str, str], t.List[dict]] = {}
+        by_set: t.Dict[t.Tuple[str, str], t.List[Json]] = {}
         for manifest in manifests:
             by_set.setdefault((manifest["kind"], manifest["set"]), []).append(manifest)
         kept, removed = [], []
@@ -829,7 +855,7 @@ class Repository:
 
     def cleanup(self, older_than: t.Union[str, float, None], kind: t.Optional[str] = None,
                 set_name: t.Optional[str] = None, dry_run: bool = False,
-                now: t.Optional[datetime.datetime] = None) -> t.Tuple[t.List[dict], t.List[dict]]:
+                now: t.Optional[datetime.datetime] = None) -> t.Tuple[t.List[Json], t.List[Json]]:
         """Remove incomplete backups and abort unfinished uploads older than ``older_than``
         (so a backup running right now is not touched). Returns ``(incomplete, uploads)`` removed."""
         age = parse_duration(older_than, "older_than") or 0.0
@@ -850,5 +876,5 @@ class Repository:
         return removed_backups, aborted
 
 
-def public_incomplete(items: t.Sequence[dict]) -> t.List[dict]:
+def public_incomplete(items: t.Sequence[Json]) -> t.List[Json]:
     return [{k: v for k, v in item.items() if not k.startswith("_")} for item in items]

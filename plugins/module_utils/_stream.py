@@ -244,7 +244,7 @@ class _ZstdWriter:
 
     def write(self, data: bytes) -> int:
         try:
-            return self._writer.write(data)
+            return int(self._writer.write(data))
         except self._zstd.ZstdError as exc:
             raise StreamError("decompress", "zstd: %s" % exc)
 
@@ -338,7 +338,7 @@ class SubprocessSource:
     """A subprocess whose stdout is the stream. Use as a context manager; ``finish()`` checks
     the exit status after the stream ended (and kills the process if we stop reading early)."""
 
-    def __init__(self, argv: t.Sequence[str], env: t.Optional[dict] = None, name: t.Optional[str] = None,
+    def __init__(self, argv: t.Sequence[str], env: t.Optional[t.Mapping[str, str]] = None, name: t.Optional[str] = None,
                  cwd: t.Optional[str] = None) -> None:
         self.argv = list(argv)
         self.name = name or os.path.basename(self.argv[0])
@@ -347,14 +347,17 @@ class SubprocessSource:
                                          stderr=subprocess.PIPE, env=env, cwd=cwd)
         except OSError as exc:
             raise StreamError(self.name, "cannot start %s: %s" % (self.argv[0], exc.strerror or exc))
+        # Both pipes exist: Popen was asked for them above.
+        self._out: t.IO[bytes] = t.cast(t.IO[bytes], self.proc.stdout)
+        self._err: t.IO[bytes] = t.cast(t.IO[bytes], self.proc.stderr)
         self._stderr: t.List[bytes] = []
         self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr_thread.start()
-        self.stdout = CountingReader(self.proc.stdout, stage=self.name)
+        self.stdout = CountingReader(t.cast(t.BinaryIO, self._out), stage=self.name)
 
     def _drain_stderr(self) -> None:
         total = 0
-        for line in iter(self.proc.stderr.readline, b""):
+        for line in iter(self._err.readline, b""):
             if total < 65536:
                 self._stderr.append(line)
                 total += len(line)
@@ -365,7 +368,7 @@ class SubprocessSource:
 
     def finish(self) -> None:
         """Wait for the process; a non-zero exit fails the stage with its stderr."""
-        self.proc.stdout.close()
+        self._out.close()
         rc = self.proc.wait()
         self._stderr_thread.join(5)
         if rc != 0:
@@ -393,7 +396,7 @@ class SubprocessSink:
     is kept, the last 64 KiB of it, for error messages and for ``finish()`` to return.
     """
 
-    def __init__(self, argv: t.Sequence[str], env: t.Optional[dict] = None, name: t.Optional[str] = None,
+    def __init__(self, argv: t.Sequence[str], env: t.Optional[t.Mapping[str, str]] = None, name: t.Optional[str] = None,
                  capture_stdout: bool = False) -> None:
         self.argv = list(argv)
         self.name = name or os.path.basename(self.argv[0])
@@ -403,6 +406,7 @@ class SubprocessSink:
                 stderr=subprocess.STDOUT if capture_stdout else subprocess.PIPE, env=env)
         except OSError as exc:
             raise StreamError(self.name, "cannot start %s: %s" % (self.argv[0], exc.strerror or exc))
+        self._stdin: t.IO[bytes] = t.cast(t.IO[bytes], self.proc.stdin)  # a pipe: asked for above
         self._said = b""
         self._thread = threading.Thread(target=self._drain, args=(self.proc.stdout if capture_stdout else self.proc.stderr,),
                                         daemon=True)
@@ -418,7 +422,7 @@ class SubprocessSink:
 
     def write(self, data: bytes) -> int:
         try:
-            self.proc.stdin.write(data)
+            self._stdin.write(data)
         except BrokenPipeError:
             self.proc.wait()
             self._thread.join(5)
@@ -432,7 +436,7 @@ class SubprocessSink:
     def finish(self) -> str:
         """Close stdin and wait; a non-zero exit fails the stage. Returns what the program said."""
         try:
-            self.proc.stdin.close()
+            self._stdin.close()
         except BrokenPipeError:
             pass
         rc = self.proc.wait()
@@ -449,7 +453,7 @@ class SubprocessSink:
 
 # --------------------------------------------------------------------------- the two directions
 
-class StreamStats(dict):
+class StreamStats(t.Dict[str, t.Any]):
     """raw_size (bytes before compression), size and sha256 (bytes as stored)."""
 
 

@@ -265,7 +265,7 @@ skipped:
   returned: always
   type: bool
 pruned:
-  description: Backups removed by O(retention) after a successful backup.
+  description: Backups removed by O(retention) after a successful backup (empty unless O(state=backup)).
   returned: always
   type: list
   elements: dict
@@ -280,15 +280,29 @@ previous_db:
   type: str
   sample: auth_service_pre_20260131T120000.042Z-3fa9c1
 verified:
-  description: What was proven about the backup or the restored database.
-  returned: when O(state=verify) or O(state=restore)
-  type: dict
+  description:
+    - What was proven, one entry per backup verified (the same shape in every runbook.ops module); an empty list
+      when nothing was verified (V(backup), or a restore in check mode with O(verify_first=false)).
+    - V(verify) returns the entry of its level; V(restore) the row-count comparison of the restored database
+      (level V(restore)), or in check mode the full read made by O(verify_first) (level V(archive)).
+  returned: always
+  type: list
+  elements: dict
   contains:
     backup_id:
       description: The backup verified.
       type: str
+    kind:
+      description: Always V(postgresql).
+      type: str
+    set:
+      description: The backup set.
+      type: str
     level:
-      description: V(checksum), V(archive) or V(restore) (row counts compared with the manifest).
+      description:
+        - V(checksum) (stored bytes against the manifest), V(archive) (decrypted, decompressed and read by
+          C(pg_restore)) or V(restore) (restored and every table's row count compared with the manifest).
+        - In check mode, a V(verify) asked for V(restore) runs and reports V(archive).
       type: str
     ok:
       description: True when no problem was found.
@@ -297,29 +311,49 @@ verified:
       description: What is wrong, each naming the object or table.
       type: list
       elements: str
+    details:
+      description:
+        - Facts of the level. C(objects) is the number of stored objects; C(tables) the number of tables whose
+          rows were counted; C(database) the database a restore wrote (O(target_db)).
+      type: dict
+diff:
+  description:
+    - With C(--diff) only. V(backup) shows the latest backup id of the set before and after; V(restore) the target
+      database before, and after it the backup restored and the name the replaced database is kept under.
+  returned: when run with C(--diff) and O(state=backup) or O(state=restore)
+  type: dict
+  contains:
+    before:
+      description: The state before the task.
+      type: dict
+    after:
+      description: The state after the task.
+      type: dict
 duration_s:
   description: Seconds the task took.
   returned: always
   type: float
 throughput_mib_s:
-  description: Uncompressed MiB of dump per second of the task.
+  description: Uncompressed MiB of dump per second of the task (0 in check mode and for a skipped backup).
   returned: always
   type: float
 msg:
-  description: What was done, in words.
+  description: What was done (or, in check mode, would be done), in words; on failure, what failed and why.
   returned: always
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec, silence_library_warnings
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._postgres import PgBackup, connection_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupOptions, run_pg_backup
+from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 
 
-def argument_spec() -> dict:
-    spec = connection_argspec()
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    spec = postgres_connection_argspec()
     spec.update(backup_job_argspec())
     spec.update(
         db=dict(type="str", required=True),
@@ -342,13 +376,12 @@ def argument_spec() -> dict:
         terminate_connections=dict(type="bool", default=False),
         level=dict(type="str", choices=["checksum", "archive", "restore"], default="archive"),
     )
-    return spec
+    return dict(argument_spec=spec, supports_check_mode=True)
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    silence_library_warnings()
-    run_module(module, lambda m: PgBackup(m.params, m.check_mode, m.warn).run())
+    module = RunbookModule(**module_args())
+    run_task(module, PgBackupOptions.from_params, run_pg_backup)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""backup_repo and the streaming pipeline against a real directory and a real S3 API (moto)."""
+"""backup_repo, backup_repo_info and the streaming pipeline against a real directory and a real S3 API (moto)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_list_verify_and_decrypt(repository, age_key):
     repo = Repository.from_options(repository)
     first = _backup(repo, labels={"env": "test"})
     second = _backup(repo, recipients=[age_key.recipient])
-    listed = run_module("backup_repo", dict(repository))
+    listed = run_module("backup_repo_info", dict(repository))
     assert not listed.get("failed"), listed
     assert [b["id"] for b in listed["backups"]] == [second["id"], first["id"]]
     assert listed["backups"][0]["encrypted"] is True and listed["backups"][1]["encrypted"] is False
@@ -88,7 +88,9 @@ def test_list_verify_and_decrypt(repository, age_key):
                                           backup_id=second["id"], encryption_identity=age_key.identity))
     assert not deep.get("failed"), deep
     assert deep["verified"] == [{"backup_id": second["id"], "kind": "postgresql", "set": "app",
-                                 "level": "decrypt", "ok": True, "problems": []}]
+                                 "level": "decrypt", "ok": True, "problems": [],
+                                 "details": {"objects": 1, "stored_bytes": second["size"], "raw_bytes": second["raw_size"]}}]
+    assert "1 backup in %s read back intact (decrypt)" % repository["repository"] in deep["msg"]
 
 
 def test_flipped_byte_is_reported_with_the_object_name(repository, age_key, request):
@@ -127,22 +129,24 @@ def test_backup_without_manifest_is_incomplete_everywhere(repository):
     writer = repo.new_backup("postgresql", "app")
     writer.add_object("data", _Reader(b"never committed" * 100))
     # The process "dies" here: no commit, no abort.
-    listed = run_module("backup_repo", dict(repository))
+    listed = run_module("backup_repo_info", dict(repository))
     assert [b["id"] for b in listed["backups"]] == [complete["id"]]
     assert [i["backup_id"] for i in listed["incomplete"]] == [writer.backup_id]
     assert listed["incomplete"][0]["objects"] == ["data"]
     assert repo.latest("postgresql", "app")["id"] == complete["id"]
     pruned = run_module("backup_repo", dict(repository, state="prune", retention={"keep_last": 1}))
-    assert pruned["removed"] == [] and [k["id"] for k in pruned["kept"]] == [complete["id"]]
+    assert pruned["pruned"] == [] and [k["id"] for k in pruned["kept"]] == [complete["id"]]
     # cleanup leaves young incomplete backups alone (one might be running), removes old ones.
     young = run_module("backup_repo", dict(repository, state="cleanup"))
-    assert young["changed"] is False and young["removed"] == []
+    assert young["changed"] is False and young["cleaned"] == []
     check = run_module("backup_repo", dict(repository, state="cleanup", older_than="0s"), check_mode=True)
-    assert check["changed"] is True and [r["backup_id"] for r in check["removed"]] == [writer.backup_id]
-    assert run_module("backup_repo", dict(repository))["incomplete"] != []
+    assert check["changed"] is True and [r["backup_id"] for r in check["cleaned"]] == [writer.backup_id]
+    assert check["msg"].startswith("would remove 1 incomplete backup")
+    assert run_module("backup_repo_info", dict(repository))["incomplete"] != []
     done = run_module("backup_repo", dict(repository, state="cleanup", older_than="0s"))
-    assert [r["backup_id"] for r in done["removed"]] == [writer.backup_id]
-    after = run_module("backup_repo", dict(repository))
+    assert [r["backup_id"] for r in done["cleaned"]] == [writer.backup_id]
+    assert [f["object"] for f in done["findings"]] == ["Backup/postgresql/app/%s" % writer.backup_id]
+    after = run_module("backup_repo_info", dict(repository))
     assert after["incomplete"] == [] and [b["id"] for b in after["backups"]] == [complete["id"]]
 
 
@@ -155,19 +159,48 @@ def test_prune_matches_forget_semantics_and_check_mode(repository):
     preview = run_module("backup_repo", dict(repository, state="prune", retention=policy), check_mode=True, diff=True)
     expected_kept = {made[stamps[5]], made[stamps[3]]}  # newest (Nov 22 13h) and newest of Nov 21
     assert {k["id"] for k in preview["kept"]} == expected_kept
-    assert {r["id"] for r in preview["removed"]} == set(made.values()) - expected_kept
+    assert {r["id"] for r in preview["pruned"]} == set(made.values()) - expected_kept
     assert preview["diff"]["after"]["backups"] == sorted(expected_kept)
-    assert len(run_module("backup_repo", dict(repository))["backups"]) == 6  # check mode removed nothing
+    assert len(run_module("backup_repo_info", dict(repository))["backups"]) == 6  # check mode removed nothing
     done = run_module("backup_repo", dict(repository, state="prune", retention=policy))
     assert done["changed"] is True
-    assert {b["id"] for b in run_module("backup_repo", dict(repository))["backups"]} == expected_kept
+    assert {b["id"] for b in run_module("backup_repo_info", dict(repository))["backups"]} == expected_kept
     again = run_module("backup_repo", dict(repository, state="prune", retention=policy))
     assert again["changed"] is False
 
 
 def test_prune_without_policy_is_refused(repository):
+    # No policy at all is refused by the argument spec; one that keeps nothing by the module.
     result = run_module("backup_repo", dict(repository, state="prune"))
-    assert result.get("failed") and "needs a retention policy" in result["msg"]
+    assert result.get("failed") and "state is prune but all of the following are missing: retention" in result["msg"]
+    zero = run_module("backup_repo", dict(repository, state="prune", retention={"keep_last": 0}))
+    assert zero.get("failed") and "needs a retention policy" in zero["msg"]
+
+
+def test_state_list_moved_to_backup_repo_info(repository):
+    result = run_module("backup_repo", dict(repository, state="list"))
+    assert result.get("failed") and "value of state must be one of: verify, prune, cleanup" in result["msg"]
+    assert run_module("backup_repo", dict(repository)).get("failed")  # state is required
+
+
+def test_prune_with_keep_within_and_keep_yearly(repository):
+    """keep_within counts back from the newest backup of each set (restic), not from now."""
+    repo = Repository.from_options(repository)
+    stamps = [datetime.datetime(2020, 3, 1, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2021, 6, 1, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2021, 12, 1, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2022, 1, 10, tzinfo=datetime.timezone.utc),
+              datetime.datetime(2022, 1, 20, tzinfo=datetime.timezone.utc)]
+    made = [_backup(repo, when=when)["id"] for when in stamps]
+    within = run_module("backup_repo", dict(repository, state="prune", retention={"keep_within": "1m"}), check_mode=True)
+    assert not within.get("failed"), within
+    # Years old, but within a month of the newest backup (2022-01-20): both January backups stay.
+    assert [k["id"] for k in within["kept"]] == [made[4], made[3]]
+    yearly = run_module("backup_repo", dict(repository, state="prune", retention={"keep_yearly": 2}))
+    assert [k["id"] for k in yearly["kept"]] == [made[4], made[2]]
+    assert {p["id"] for p in yearly["pruned"]} == {made[0], made[1], made[3]}
+    bad = run_module("backup_repo", dict(repository, state="prune", retention={"keep_within": "30 days"}))
+    assert bad.get("failed") and "keep_within" in bad["msg"] and "m means months" in bad["msg"]
 
 
 def test_s3_cut_mid_upload_leaves_nothing_final(service_factory, tmp_path):
@@ -208,17 +241,17 @@ def test_s3_cut_mid_upload_leaves_nothing_final(service_factory, tmp_path):
         assert not result.get("failed"), result
         assert len(result["aborted_uploads"]) == 1
         assert client.list_multipart_uploads(Bucket="fault-bucket").get("Uploads", []) == []
-        assert run_module("backup_repo", options)["backups"] == []
+        assert run_module("backup_repo_info", options)["backups"] == []
     finally:
         proxy.close()
 
 
 def test_unreachable_s3_and_missing_bucket_fail_clearly(s3_server):
-    down = run_module("backup_repo", dict(s3_server.repository_options("nowhere"), s3_endpoint_url="http://127.0.0.1:9"))
+    down = run_module("backup_repo_info", dict(s3_server.repository_options("nowhere"), s3_endpoint_url="http://127.0.0.1:9"))
     assert down.get("failed") and "s3://nowhere/backups" in down["msg"] and "Traceback" not in down["msg"]
-    missing = run_module("backup_repo", s3_server.repository_options("no-such-bucket"))
+    missing = run_module("backup_repo_info", s3_server.repository_options("no-such-bucket"))
     assert missing.get("failed") and "bucket no-such-bucket does not exist" in missing["msg"]
-    bad_url = run_module("backup_repo", {"repository": "ftp://x/y"})
+    bad_url = run_module("backup_repo_info", {"repository": "ftp://x/y"})
     assert bad_url.get("failed") and "unsupported scheme" in bad_url["msg"]
 
 
@@ -253,7 +286,7 @@ def test_findings_for_freshness_incomplete_and_verify(repository):
     old = _backup(repo, set_name="old", when=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc))
     _backup(repo, set_name="fresh")
     repo.new_backup("postgresql", "fresh").add_object("data", _Reader(b"x" * 10))  # never committed
-    listed = run_module("backup_repo", dict(repository, max_age="26h"))
+    listed = run_module("backup_repo_info", dict(repository, max_age="26h"))
     by_object = {f["object"]: f for f in listed["findings"]}
     assert listed["status"] == "critical"
     assert by_object["BackupSet/postgresql/old"]["severity"] == "critical"

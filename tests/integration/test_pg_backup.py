@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -57,22 +56,28 @@ def test_backup_verify_restore_every_mode(postgres, repository, source_db, age_k
     assert counts["audit.events"] == 500 and counts["audit.Mixed Case"] == 7
     assert manifest["labels"] == {"ticket": "ops-1"}
     assert result["throughput_mib_s"] > 0
-    assert result["diff"]["after"]["latest_backup"] == result["backup_id"]
+    assert result["diff"] == {"before": {"latest_backup": None}, "after": {"latest_backup": result["backup_id"]}}
+    assert result["verified"] == [] and result["msg"].startswith("backed up database %s" % source_db)
     backup_id = result["backup_id"]
 
     for level in ("checksum", "archive", "restore"):
         verified = _run(_args(postgres, repository, source_db, state="verify", level=level, **ident))
         assert not verified.get("failed"), verified
         assert verified["changed"] is False
-        assert verified["verified"]["ok"] and verified["verified"]["level"] == level
-        assert verified["backup_id"] == backup_id
+        assert [(v["backup_id"], v["level"], v["ok"]) for v in verified["verified"]] == [(backup_id, level, True)]
+        assert verified["verified"][0]["kind"] == "postgresql" and verified["verified"][0]["set"] == source_db
+        assert verified["verified"][0]["problems"] == []
+        assert verified["backup_id"] == backup_id and "verified at level %s" % level in verified["msg"]
+        assert "diff" not in verified
     assert not [d for d in databases(postgres) if "_verify_" in d]
 
     # new: into a database that does not exist yet
     new_db = "%s_new_%s" % (source_db, uuid.uuid4().hex[:4])
     restored = _run(_args(postgres, repository, source_db, state="restore", mode="new", target_db=new_db, **ident))
     assert not restored.get("failed"), restored
-    assert restored["restored_db"] == new_db and restored["verified"]["ok"]
+    assert restored["restored_db"] == new_db and restored["verified"][0]["ok"]
+    assert restored["verified"][0]["level"] == "restore" and restored["verified"][0]["details"]["database"] == new_db
+    assert "diff" not in restored  # a diff only with --diff
     assert fingerprint(postgres, new_db) == expected
     again = _run(_args(postgres, repository, source_db, state="restore", mode="new", target_db=new_db, **ident))
     assert again.get("failed") and "already exists" in again["msg"]
@@ -84,6 +89,7 @@ def test_backup_verify_restore_every_mode(postgres, repository, source_db, age_k
     swapped = _run(_args(postgres, repository, source_db, state="restore", target_db=swap_db, **ident), diff=True)
     assert not swapped.get("failed"), swapped
     assert swapped["previous_db"] == "%s_pre_%s" % (swap_db, backup_id)
+    assert swapped["diff"]["after"] == {"database": swap_db, "from_backup": backup_id, "previous_db": swapped["previous_db"]}
     assert fingerprint(postgres, swap_db) == expected
     assert postgres.psql("SELECT n FROM old_stuff", db=swapped["previous_db"]) == "1"
     assert not [d for d in databases(postgres) if "_restore_" in d]
@@ -181,7 +187,7 @@ def test_check_mode_changes_nothing(postgres, tmp_path, source_db):
         assert not would.get("failed"), would
         assert would["changed"] is True
     would_verify = _run(_args(postgres, repository, source_db, state="verify", level="restore"), check_mode=True)
-    assert not would_verify.get("failed") and would_verify["verified"]["level"] == "archive"
+    assert not would_verify.get("failed") and would_verify["verified"][0]["level"] == "archive"
     assert databases(postgres) == before
 
 
@@ -196,7 +202,24 @@ def test_clear_errors(postgres, tmp_path, source_db):
     assert nothing.get("failed") and "no complete postgresql backup" in nothing["msg"]
     bad_jobs = _run(_args(postgres, repository, source_db, jobs=2))
     assert bad_jobs.get("failed") and "format=directory" in bad_jobs["msg"]
-    clean_missing = _run(_args(postgres, repository, source_db, state="restore", mode="clean", target_db="absent_db"))
-    assert clean_missing.get("failed")
-    assert "no complete postgresql backup" in clean_missing["msg"] or "does not exist" in clean_missing["msg"]
-    assert Path(tmp_path).exists()
+
+
+def test_clean_restore_into_a_missing_database_is_refused(postgres, tmp_path, source_db):
+    """mode=clean writes into an existing database only: with a good backup at hand, a missing target
+    is refused by name, before anything is read or created, in check mode too."""
+    repository = {"repository": "file://%s" % (tmp_path / "repo")}
+    stored = _run(_args(postgres, repository, source_db, compression="none"))
+    assert not stored.get("failed"), stored
+    absent = "absent_%s" % uuid.uuid4().hex[:6]
+    before = databases(postgres)
+    for check_mode in (True, False):
+        refused = _run(_args(postgres, repository, source_db, state="restore", mode="clean", target_db=absent),
+                       check_mode=check_mode)
+        assert refused.get("failed"), refused
+        assert refused["msg"].startswith('restore mode=clean: database "%s" does not exist on 127.0.0.1:%d'
+                                         % (absent, postgres.port)), refused["msg"]
+    assert databases(postgres) == before
+    # The same backup restores with a mode that creates the database.
+    created = _run(_args(postgres, repository, source_db, state="restore", mode="new", target_db=absent))
+    assert not created.get("failed"), created
+    assert fingerprint(postgres, absent) == fingerprint(postgres, source_db)

@@ -163,7 +163,8 @@ def test_flipped_byte_fails_verify_and_restore(postgres, stored_backup, age_keys
         result = run_module("pg_backup", _args(postgres, stored_backup["repository"], stored_backup["db"],
                                                state="verify", level=level, **ident))
         assert result.get("failed"), result
-        assert result["verified"]["ok"] is False
+        assert [v["ok"] for v in result["verified"]] == [False]
+        assert "sha256" in result["verified"][0]["problems"][0]
         assert "database.dump" in result["msg"] and "sha256" in result["msg"], result["msg"]
     before = fingerprint(postgres, stored_backup["target"])
     dbs = databases(postgres)

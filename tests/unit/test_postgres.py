@@ -1,5 +1,5 @@
-"""Pure logic of _postgres: pg_dump pattern matching, argv and environment building, the password
-file, option checks, version checks."""
+"""Pure logic of the PostgreSQL helpers (_pg_connection, _pg_tools, _pg_catalog, _pg_backup): pg_dump
+pattern matching, argv and environment building, the password file, option checks, version checks."""
 
 from __future__ import annotations
 
@@ -10,12 +10,33 @@ import subprocess
 import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
-from ansible_collections.runbook.ops.plugins.module_utils._postgres import (
-    ClientEnv, Conn, PassFile, check_options, choose_binary, compare_counts, dump_argv, matches, parse_client_version,
-    passfile_lines, previous_name, quote_ident, restore_argv, scratch_name, select_tables, sweep_passfiles)
+from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupOptions
+from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import (
+    compare_counts, previous_name, quote_ident, scratch_name)
+from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
+    PassFile, PgConnection, PgConnectionOptions, PgEndpoint, passfile_lines, sweep_passfiles)
+from ansible_collections.runbook.ops.plugins.module_utils._pg_tools import (
+    ClientEnv, DumpFilters, RestoreFlags, choose_binary, dump_argv, matches, parse_client_version, restore_argv)
+from tests.harness.tasks import InvalidParams, make_task, validated
 
 LOGIN = {"login_host": "db.example.internal", "login_port": 6543, "login_user": "backup",
          "login_password": "s3cr:et\\pw", "ssl_mode": "require", "ca_cert": "/etc/ca.pem", "connect_timeout": 7}
+
+
+def options(**extra):
+    """pg_backup's options as a real run builds them (argument spec defaults, then from_params)."""
+    return make_task("pg_backup", PgBackupOptions.from_params, dict(LOGIN, **dict({"db": "shop"}, **extra))).options
+
+
+def conn(**login):
+    """A PgConnection for LOGIN with ``login`` changed, built through pg_backup's argument spec."""
+    params = validated("pg_backup", dict(dict(LOGIN, db="shop"), **login))
+    return PgConnection(PgConnectionOptions.from_params(params), "pg_backup")
+
+
+def filters(**given):
+    return DumpFilters(**{key: given.get(key, []) for key in
+                          ("schemas", "exclude_schemas", "tables", "exclude_tables", "exclude_table_data")})
 
 
 @pytest.mark.parametrize("pattern, schema, name, expected", [
@@ -46,42 +67,49 @@ TABLES = [("audit", "events"), ("audit", "Mixed Case"), ("public", "accounts"), 
 
 
 def test_select_tables_like_pg_dump():
-    assert select_tables(TABLES, {}) == (["audit.events", "audit.Mixed Case", "public.accounts", "public.sessions"], [])
-    assert select_tables(TABLES, {"schemas": ["public"]})[0] == ["public.accounts", "public.sessions"]
-    assert select_tables(TABLES, {"exclude_schemas": ["public"]})[0] == ["audit.events", "audit.Mixed Case"]
+    assert filters().select(TABLES) == (["audit.events", "audit.Mixed Case", "public.accounts", "public.sessions"], [])
+    assert filters(schemas=["public"]).select(TABLES)[0] == ["public.accounts", "public.sessions"]
+    assert filters(exclude_schemas=["public"]).select(TABLES)[0] == ["audit.events", "audit.Mixed Case"]
     # -t wins over -n, as in pg_dump
-    assert select_tables(TABLES, {"tables": ["accounts"], "schemas": ["audit"]})[0] == ["public.accounts"]
-    assert select_tables(TABLES, {"exclude_tables": ["audit.*", "sessions"]})[0] == ["public.accounts"]
-    with_data, schema_only = select_tables(TABLES, {"exclude_table_data": ["sessions"], "schemas": ["public"]})
+    assert filters(tables=["accounts"], schemas=["audit"]).select(TABLES)[0] == ["public.accounts"]
+    assert filters(exclude_tables=["audit.*", "sessions"]).select(TABLES)[0] == ["public.accounts"]
+    with_data, schema_only = filters(exclude_table_data=["sessions"], schemas=["public"]).select(TABLES)
     assert with_data == ["public.accounts"] and schema_only == ["public.sessions"]
 
 
+def test_filters_come_from_the_options():
+    opts = options(schemas=["public"], exclude_table_data=["logs*"])
+    assert opts.filters == filters(schemas=["public"], exclude_table_data=["logs*"])
+    assert opts.filters.given() == {"schemas": ["public"], "exclude_table_data": ["logs*"]}
+
+
 def test_dump_argv_has_filters_and_no_secret():
-    argv = dump_argv("/usr/bin/pg_dump", "custom", "00000003-1", {"schemas": ["public"], "exclude_table_data": ["logs*"]},
-                     dbname_arg="--dbname=dbname='shop'")
+    argv = dump_argv("/usr/bin/pg_dump", fmt="custom", snapshot="00000003-1",
+                     filters=filters(schemas=["public"], exclude_table_data=["logs*"]), dbname_arg="--dbname=dbname='shop'")
     assert argv[:5] == ["/usr/bin/pg_dump", "--format=custom", "--compress=0", "--no-password", "--dbname=dbname='shop'"]
     assert "--snapshot=00000003-1" in argv and "--schema=public" in argv and "--exclude-table-data=logs*" in argv
-    directory = dump_argv("pg_dump", "directory", None, {}, jobs=3, path="/spool/dump")
+    directory = dump_argv("pg_dump", fmt="directory", filters=filters(), dbname_arg="--dbname=x", jobs=3,
+                          path="/spool/dump")
     assert "--jobs=3" in directory and "--file=/spool/dump" in directory
     assert not any(LOGIN["login_password"] in a for a in argv + directory)
 
 
 def test_restore_argv():
-    stream = restore_argv("pg_restore", "custom", "--dbname=dbname='target'", clean=True, single_transaction=True,
-                          no_owner=True, role="owner")
+    stream = restore_argv("pg_restore", fmt="custom", dbname_arg="--dbname=dbname='target'",
+                          flags=RestoreFlags(clean=True, no_owner=True, role="owner"))
     assert "--dbname=dbname='target'" in stream and "--clean" in stream and "--if-exists" in stream
     assert "--single-transaction" in stream and "--no-owner" in stream and "--role=owner" in stream
     assert "--exit-on-error" in stream and not any(a.startswith("--jobs") for a in stream)
-    parallel = restore_argv("pg_restore", "directory", "--dbname=x", jobs=4, path="/spool/x", single_transaction=True)
+    parallel = restore_argv("pg_restore", fmt="directory", dbname_arg="--dbname=x", jobs=4, path="/spool/x",
+                            flags=RestoreFlags(clean=True, no_owner=False, role=None))
     assert "--jobs=4" in parallel and "--format=directory" in parallel and parallel[-1] == "/spool/x"
     assert "--single-transaction" not in parallel  # pg_restore refuses it with --jobs
-    check = restore_argv("pg_restore", "custom", None)
+    check = restore_argv("pg_restore", fmt="custom", dbname_arg=None)
     assert "--file=/dev/null" in check and not any(a.startswith("--dbname") for a in check)
 
 
 def test_client_env_quotes_every_setting_and_keeps_the_password_out():
-    conn = Conn(LOGIN)
-    with ClientEnv(conn, "host=evil port=1 dbname=x") as client:
+    with ClientEnv(conn(), "host=evil port=1 dbname=x") as client:
         env = client.env()
         assert LOGIN["login_password"] not in "".join(env.values()) + client.dbname_arg
         assert "PGPASSWORD" not in env and "PGSERVICE" not in env
@@ -148,39 +176,42 @@ def test_file_passfile_refuses_a_shared_directory(tmp_path):
 
 
 def test_passfile_lines_are_scoped():
-    tcp = Conn(dict(LOGIN, login_host="::1", login_password="pw"))
+    tcp = conn(login_host="::1", login_password="pw")
     assert passfile_lines(tcp, "*") == r"\:\:1:6543:\*:backup:pw" + "\n"
-    socket = Conn(dict(LOGIN, login_host="", login_unix_socket="/run/postgresql", login_password="pw"))
+    socket = conn(login_host="", login_unix_socket="/run/postgresql", login_password="pw")
     assert passfile_lines(socket, "shop") == "/run/postgresql:6543:shop:backup:pw\nlocalhost:6543:shop:backup:pw\n"
-    default = Conn(dict(LOGIN, login_host="", login_password="pw"))
+    default = conn(login_host="", login_password="pw")
     assert passfile_lines(default, "shop") == "localhost:6543:shop:backup:pw\n"
-    star_user = Conn(dict(LOGIN, login_user="*", login_password="pw"))
+    star_user = conn(login_user="*", login_password="pw")
     assert passfile_lines(star_user, "shop") == r"db.example.internal:6543:shop:\*:pw" + "\n"
 
 
 def test_client_env_without_password_has_no_passfile():
-    conn = Conn(dict(LOGIN, login_password="", login_host="", login_unix_socket="/run/postgresql"))
-    with ClientEnv(conn, "shop") as client:
+    socket = conn(login_password="", login_host="", login_unix_socket="/run/postgresql")
+    with ClientEnv(socket, "shop") as client:
         env = client.env()
         assert "PGPASSFILE" not in env
         assert "host='/run/postgresql'" in client.dbname_arg
-    assert "unix socket /run/postgresql" in conn.where
+    assert "unix socket /run/postgresql" in socket.where
 
 
 def test_psycopg_kwargs():
-    kwargs = Conn(LOGIN).kwargs("shop")
+    kwargs = conn().kwargs("shop")
     assert kwargs["host"] == "db.example.internal" and kwargs["port"] == 6543 and kwargs["dbname"] == "shop"
     assert kwargs["sslmode"] == "require" and kwargs["sslrootcert"] == "/etc/ca.pem" and kwargs["connect_timeout"] == 7
     assert kwargs["password"] == LOGIN["login_password"]
-    assert "host" not in Conn(dict(LOGIN, login_host="")).kwargs("x")
-    assert "password" not in Conn(LOGIN).settings("x")
+    assert "host" not in conn(login_host="").kwargs("x")
+    assert "password" not in conn().settings("x")
+    assert "password=" not in repr(conn().options)  # a logged options object never shows it
 
 
-def _options(**extra):
-    params = dict(LOGIN, db="shop", set=None, target_db=None, role=None, jobs=1, compression="zstd",
-                  compression_level=None, compression_threads=0, login_unix_socket="")
-    params.update(extra)
-    return params
+def test_one_place_decides_where_to_connect():
+    assert conn().endpoint == PgEndpoint("db.example.internal", 6543)
+    assert conn(login_unix_socket="/run/postgresql").endpoint == PgEndpoint("/run/postgresql", 6543)
+    forwarded = PgConnection(conn().options, "pg_backup", endpoint=PgEndpoint("127.0.0.1", 40001))
+    assert forwarded.where == "127.0.0.1:40001"
+    assert "host='127.0.0.1' " in forwarded.conninfo("shop") + " " and "port='40001'" in forwarded.conninfo("shop")
+    assert passfile_lines(forwarded, "shop").startswith("127.0.0.1:40001:shop:backup:")
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -208,27 +239,53 @@ def _options(**extra):
     ("compression_level", 0, "from 1 to 22"),
     ("compression_threads", -1, "0 uses every core"),
 ])
-def test_check_options_refuses(option, value, words):
+def test_options_refuse(option, value, words):
     with pytest.raises(RunbookError) as refused:
-        check_options(_options(**{option: value}))
+        options(**{option: value})
     assert option in refused.value.msg and words in refused.value.msg
     assert "s3cr" not in refused.value.msg
 
 
-def test_check_options_accepts_literal_names():
-    check_options(_options(db="dbname=other_db", target_db="host=127.0.0.1 port=1 dbname=x", role="it's",
-                           login_user="postgresql://u@h/x", login_host="fe80::1%eth0"))
-    check_options(_options(db="a/b", set="plain"))
-    check_options(_options(compression="gzip", compression_level=9))
-    check_options(_options(compression="none", compression_level=99))  # nothing compressed: no level to check
+def test_options_accept_literal_names():
+    opts = options(db="dbname=other_db", target_db="host=127.0.0.1 port=1 dbname=x", role="it's",
+                   login_user="postgresql://u@h/x", login_host="fe80::1%eth0", set="plain")
+    assert opts.restore.target_db == "host=127.0.0.1 port=1 dbname=x" and opts.set_name == "plain"
+    assert options(db="a/b", set="plain").set_name == "plain"
+    options(compression="gzip", compression_level=9)
+    options(compression="none", compression_level=99)  # nothing compressed: no level to check
     with pytest.raises(RunbookError):
-        check_options(_options(compression="gzip", compression_level=10))
+        options(compression="gzip", compression_level=10)
+
+
+def test_options_derive_from_the_argument_spec():
+    opts = options()
+    assert opts.state == "backup" and opts.format == "custom" and opts.jobs == 1 and opts.level == "archive"
+    assert opts.set_name == "shop" and opts.restore.target_db == "shop" and opts.restore.mode == "swap"
+    assert opts.restore.keep_previous and opts.restore.verify_first and not opts.restore.terminate_connections
+    assert opts.connection.login_port == 6543 and opts.connection.ssl_mode == "require"
+    assert opts.job.compression == "zstd" and opts.job.max_age is None
+    assert options(max_age="6h").job.max_age == 6 * 3600
+    assert options(state="restore", format="custom", jobs=4).jobs == 4  # parallel restore from a custom archive
+
+
+def test_argument_spec_refuses_before_the_module_runs():
+    for bad in ({"state": "list"}, {"mode": "overwrite"}, {"level": "deep"}, {"ssl_mode": "on"}):
+        with pytest.raises(InvalidParams):
+            options(**bad)
+
+
+def test_parallel_dump_needs_the_directory_format():
+    with pytest.raises(RunbookError) as refused:
+        options(jobs=2)
+    assert "format=directory" in refused.value.msg
+    assert options(jobs=2, format="directory").jobs == 2
 
 
 def test_password_is_never_shown_when_refused():
     with pytest.raises(RunbookError) as refused:
-        check_options(_options(login_password="top\nsecret-value"))
+        options(login_password="top\nsecret-value")
     assert "secret-value" not in refused.value.msg
+    assert "secret" not in repr(options(login_password="secret-value"))
 
 
 def test_quote_ident():

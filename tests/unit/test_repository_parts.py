@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.runbook.ops.plugins.module_utils import _repository as repo_mod
+from tests.harness.collection import REPO
 
 
 def _writer(size_hint=None):
@@ -18,10 +21,31 @@ def test_first_parts_are_small_and_the_size_doubles_every_thousand_parts():
     assert writer._part_size(10000) <= repo_mod.S3_MAX_PART  # pylint: disable=protected-access
 
 
-def test_an_unknown_length_stream_of_several_tib_fits_in_10000_parts():
+def test_the_stated_limit_for_an_unknown_length_stream_is_the_sum_of_the_schedule():
     writer = _writer()
     capacity = sum(writer._part_size(n) for n in range(1, repo_mod.S3_MAX_PARTS + 1))  # pylint: disable=protected-access
-    assert capacity >= 8 * 1024 ** 4  # 8 TiB at least
+    assert capacity == repo_mod.S3_UNKNOWN_LENGTH_LIMIT
+    # Worked by hand: 1000 parts each of 16, 32, ..., 4096 MiB (16 MiB x 511 x 1000), then 1000 of
+    # 5 GiB (the 8 GiB step is capped by S3's maximum part size).
+    assert capacity == (16 * 511 * 1000 + 5 * 1024 * 1000) * 1024 ** 2
+    assert 12.68 < capacity / 1024 ** 4 < 12.69  # "about 12.68 TiB", not the 16 TiB once promised
+
+
+def test_docs_state_the_same_limit():
+    tib = "%.2f TiB" % (repo_mod.S3_UNKNOWN_LENGTH_LIMIT / 1024 ** 4)
+    for doc in ("README.md", "docs/repository.md"):
+        text = (REPO / doc).read_text()
+        assert tib in text, "%s does not state the S3 limit %s" % (doc, tib)
+        assert "16 TiB" not in text, doc
+
+
+def test_a_stream_past_the_limit_fails_with_the_store_stage_named():
+    writer = _writer()
+    writer._sent = repo_mod.S3_MAX_PARTS  # pylint: disable=protected-access
+    writer.upload_id = "pretend"  # the upload is under way: no request is made before the check
+    with pytest.raises(repo_mod.StreamError) as raised:
+        writer._send_buffer()  # pylint: disable=protected-access
+    assert raised.value.stage == "store" and "10000 multipart parts" in raised.value.msg and "12.68 TiB" in raised.value.msg
 
 
 def test_a_size_hint_raises_the_first_part_size():

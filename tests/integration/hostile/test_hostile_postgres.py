@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.runbook.ops.plugins.module_utils._postgres import Conn
+from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import PgConnection, PgConnectionOptions
 from tests.harness.collection import run_module
 from tests.harness.hostile import CONNINFO, CONTROL, TOO_LONG, TRAVERSAL, assert_clean_failure, tree_snapshot
 from tests.harness.services import PostgresServer
+from tests.harness.tasks import validated
 from tests.integration.test_pg_backup_support import databases, fingerprint
 
 QUOTES = ["it's", 'say "hi"', "back\\slash", "-flag", "semi;colon"]
@@ -130,7 +131,7 @@ def test_conninfo_in_a_database_name_never_reaches_another_server(postgres, stor
     verified = run_module("pg_backup", _args(postgres, stored["repository"], hostile, state="verify", level="restore"))
     watch.assert_untouched()
     assert not verified.get("failed"), verified
-    assert verified["verified"]["ok"] and verified["verified"]["level"] == "restore"
+    assert verified["verified"][0]["ok"] and verified["verified"][0]["level"] == "restore"
     assert sorted(databases(postgres)) == sorted(before + [hostile])
     _drop(postgres, hostile)
 
@@ -168,7 +169,8 @@ def test_psycopg_connections_take_the_name_literally(postgres):
     name = "dbname=postgres host=127.0.0.1 port=1"
     _create(postgres, name, "")
     try:
-        connection = Conn(postgres.login).connect(name)
+        options = PgConnectionOptions.from_params(validated("pg_backup", dict(postgres.login, db=name)))
+        connection = PgConnection(options, "pg_backup").connect(name)
         try:
             assert connection.execute("SELECT current_database()").fetchone()[0] == name
             assert connection.info.port == postgres.port

@@ -1,4 +1,4 @@
-"""Hostile input against the backup repository and ``backup_repo``: traversal in ``set`` and
+"""Hostile input against the backup repository, ``backup_repo`` and ``backup_repo_info``: traversal in ``set`` and
 ``backup_id``, planted manifests, missing repositories, killed uploads, full disks, identity files.
 
 Every case ends in a clean failure (or a clearly reported finding) and nothing outside the
@@ -44,6 +44,13 @@ def _backup(repo: Repository, set_name: str = "app", kind: str = "postgresql", d
         return backup.commit(fmt="raw", compression={"algorithm": "zstd"})
 
 
+def _run(state: str, args: dict) -> dict:
+    """``backup_repo`` for verify, prune and cleanup; ``backup_repo_info`` for listing."""
+    if state == "list":
+        return run_module("backup_repo_info", args)
+    return run_module("backup_repo", dict(args, state=state))
+
+
 def _plant(outside: Path, backup_id: str = "planted") -> Path:
     """A manifest and a dump outside the repository, as an attacker with write access there would leave them."""
     target = outside / backup_id
@@ -69,7 +76,7 @@ def file_repo(tmp_path: Path) -> dict:
 def test_backup_id_never_leaves_the_repository(file_repo, tmp_path, bad_id, state):
     _plant(tmp_path / "outside")
     before = tree_snapshot(tmp_path / "outside")
-    result = run_module("backup_repo", dict(file_repo, state=state, kind="postgresql", set="app", backup_id=bad_id))
+    result = _run(state, dict(file_repo, kind="postgresql", set="app", backup_id=bad_id))
     msg = assert_clean_failure(result)
     assert msg.startswith("backup_id "), msg  # refused by validation, not "not found" after a lookup
     assert "planted" not in json.dumps(result.get("verified", []))
@@ -95,7 +102,7 @@ def test_a_manifest_that_does_not_match_its_place_is_not_trusted(file_repo, tmp_
     other_dir = root / "postgresql" / "app" / "20260101T000001.000Z-abcdef"
     other_dir.mkdir(parents=True)
     (other_dir / "manifest.json").write_text(json.dumps({"id": "x", "kind": "redis", "set": "../../..", "objects": []}))
-    listed = run_module("backup_repo", dict(file_repo, kind="postgresql", set="app"))
+    listed = run_module("backup_repo_info", dict(file_repo, kind="postgresql", set="app"))
     assert not listed.get("failed"), listed
     assert len(listed["backups"]) == 1
     reasons = {item["backup_id"]: item["reason"] for item in listed["incomplete"]}
@@ -122,10 +129,12 @@ def test_set_never_leaves_its_kind(file_repo, tmp_path, bad_set, state):
     outside.mkdir()
     (outside / "dump.partial-1234abcd").write_bytes(b"not ours")
     before_outside, before_repo = tree_snapshot(outside), tree_snapshot(root)
-    args = dict(file_repo, state=state, kind="postgresql", set=bad_set, older_than="0s")
+    args = dict(file_repo, kind="postgresql", set=bad_set)
     if state == "prune":
         args["retention"] = {"keep_last": 1}
-    result = run_module("backup_repo", args)
+    if state == "cleanup":
+        args["older_than"] = "0s"
+    result = _run(state, args)
     msg = assert_clean_failure(result)
     assert msg.startswith("set "), msg
     assert tree_snapshot(outside) == before_outside
@@ -134,16 +143,16 @@ def test_set_never_leaves_its_kind(file_repo, tmp_path, bad_set, state):
 
 # --------------------------------------------------------------------------- defect 5: missing repository
 
-@pytest.mark.parametrize("args", [{}, {"max_age": "26h"}, {"state": "verify"}, {"state": "cleanup"},
-                                  {"state": "prune", "retention": {"keep_last": 2}}])
-def test_a_file_repository_that_does_not_exist_is_an_error(tmp_path, args):
+@pytest.mark.parametrize("state,args", [("list", {}), ("list", {"max_age": "26h"}), ("verify", {}), ("cleanup", {}),
+                                        ("prune", {"retention": {"keep_last": 2}})])
+def test_a_file_repository_that_does_not_exist_is_an_error(tmp_path, state, args):
     missing = tmp_path / "no-such-repo"
-    result = run_module("backup_repo", dict({"repository": "file://%s" % missing}, **args))
+    result = _run(state, dict({"repository": "file://%s" % missing}, **args))
     assert_clean_failure(result, mentions=["does not exist", str(missing)])
-    if args.get("state", "list") in ("list", "verify"):
-        # Findings stay in the failed result so a report (failed_when: false) still shows it.
-        assert result["status"] == "critical"
-        assert result["findings"][0]["check"] == "backup_repository"
+    # Findings stay in the failed result so a report (failed_when: false) still shows it.
+    assert result["status"] == "critical"
+    assert [f["check"] for f in result["findings"]] == ["backup_repository"]
+    assert result["repository"] == "file://%s" % missing and isinstance(result["duration_s"], float)
     assert not missing.exists()
 
 
@@ -188,7 +197,7 @@ def test_an_s3_backup_killed_mid_upload_is_listed_as_incomplete(s3_server, s3_bu
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    listed = run_module("backup_repo", options)
+    listed = run_module("backup_repo_info", options)
     assert not listed.get("failed"), listed
     assert listed["backups"] == []
     assert len(listed["incomplete"]) == 1, listed["incomplete"]
@@ -197,7 +206,7 @@ def test_an_s3_backup_killed_mid_upload_is_listed_as_incomplete(s3_server, s3_bu
     assert [f["check"] for f in listed["findings"]] == ["backup_incomplete"]
     cleaned = run_module("backup_repo", dict(options, state="cleanup", older_than="0s"))
     assert len(cleaned["aborted_uploads"]) == 1
-    assert run_module("backup_repo", options)["incomplete"] == []
+    assert run_module("backup_repo_info", options)["incomplete"] == []
 
 
 # --------------------------------------------------------------------------- defect 7 and 11: identities
