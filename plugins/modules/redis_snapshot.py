@@ -76,6 +76,7 @@ options:
   service_name:
     description:
       - For O(method=file), the systemd unit of the Redis server; it is stopped and started with C(systemctl).
+      - O(method=file) requires either O(service_name) or both O(stop_command) and O(start_command).
       - A name starting with C(-) or holding whitespace, C(/) or control characters is refused.
     type: str
   stop_command:
@@ -208,20 +209,51 @@ pruned:
 keys_restored:
   description:
     - Keys per database written to the target (O(method=keys)) or held by the restarted server (O(method=file)).
-  returned: always
+    - Empty in check mode.
+  returned: when O(state=restore)
   type: dict
   sample: {"db0": 5000, "db1": 12}
 previous_files:
   description: The former RDB file and AOF, kept under new names by O(method=file).
-  returned: when O(state=restore) and O(method=file)
+  returned: when O(state=restore) and O(method=file), unless in check mode
   type: list
   elements: str
 verified:
   description:
-    - The verification of O(state=verify), or the key count check of a restore.
-    - C(level), C(ok), C(problems) (list of messages), and depending on the level C(keys) (per database, as
-      loaded), C(rdb_version), C(rdb_size), C(keys_read) (by C(redis-check-rdb)) and C(crc_checked_by).
+    - One entry per backup verified - the one of O(state=verify), or the key count check of a restore (empty in
+      check mode). The same shape in every runbook.ops module.
   returned: when O(state=verify) or O(state=restore)
+  type: list
+  elements: dict
+  contains:
+    backup_id:
+      description: The backup verified.
+      type: str
+    kind:
+      description: Always C(redis).
+      type: str
+    set:
+      description: The backup set.
+      type: str
+    level:
+      description: C(checksum), C(rdb) or C(load) (a restore checks at C(load)).
+      type: str
+    ok:
+      description: True when no problem was found.
+      type: bool
+    problems:
+      description: What is wrong, one message per problem.
+      type: list
+      elements: str
+    details:
+      description:
+        - The level's own facts. C(checksum) none; C(rdb) C(rdb_version), C(rdb_size), C(crc_checked_by) (C(python),
+          C(redis-check-rdb)), C(keys_read) (by C(redis-check-rdb)) and C(note) when the RDB holds no checksum;
+          C(load) C(keys) (per database, as loaded).
+      type: dict
+diff:
+  description: With O(state=restore) and C(--diff), the keys per database before and as expected after.
+  returned: when O(state=restore) and the task runs with C(--diff)
   type: dict
 duration_s:
   description: Wall time of the operation in seconds.
@@ -239,21 +271,29 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec, silence_library_warnings
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._redis import redis_snapshot, redis_snapshot_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._redis_client import REDIS_CONNECTION_REQUIRED_BY
+from ansible_collections.runbook.ops.plugins.module_utils._redis_snapshot import (
+    RedisSnapshotOptions, redis_snapshot_argspec, run_redis_snapshot)
+
+
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    return dict(
+        argument_spec=redis_snapshot_argspec(),
+        required_together=[("stop_command", "start_command")],
+        mutually_exclusive=[("service_name", "stop_command"), ("service_name", "start_command")],
+        required_if=[("method", "file", ("service_name", "stop_command"), True)],
+        required_by=dict(REDIS_CONNECTION_REQUIRED_BY),
+        supports_check_mode=True,
+    )
 
 
 def main() -> None:
-    spec = backup_job_argspec()
-    spec.update(redis_snapshot_argspec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
-                           required_together=[["stop_command", "start_command"]],
-                           mutually_exclusive=[["service_name", "stop_command"], ["service_name", "start_command"]])
-    silence_library_warnings()
-    run_module(module, lambda m: redis_snapshot(m.params, m.check_mode, m._diff))
+    module = RunbookModule(**module_args())
+    run_task(module, RedisSnapshotOptions.from_params, run_redis_snapshot)
 
 
 if __name__ == "__main__":

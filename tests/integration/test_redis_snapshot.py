@@ -100,9 +100,10 @@ def test_replication_backup_verify_and_keys_restore(redis_plain: RedisServer, re
     for level in ("checksum", "rdb", "load"):
         verified = run_module("redis_snapshot", dict(common, level=level))
         assert not verified.get("failed"), (level, verified)
-        assert verified["verified"]["ok"] and verified["verified"]["level"] == level
+        (entry,) = verified["verified"]
+        assert entry["ok"] and entry["level"] == level and entry["backup_id"] == backup["backup_id"]
         assert not verified["changed"]
-    rdb = run_module("redis_snapshot", dict(common, level="rdb"))["verified"]
+    rdb = run_module("redis_snapshot", dict(common, level="rdb"))["verified"][0]["details"]
     assert "python" in rdb["crc_checked_by"]
     assert rdb["keys_read"] == len(expected[0]) + len(expected[3])
     # Without the identity, an encrypted RDB cannot be checked beyond its stored bytes.
@@ -115,11 +116,16 @@ def test_replication_backup_verify_and_keys_restore(redis_plain: RedisServer, re
     restore_args.update(set="plain", state="restore", encryption_identity=identity, flush=True)
     checked = run_module("redis_snapshot", restore_args, check_mode=True, diff=True)
     assert checked["changed"] and not checked.get("failed"), checked
+    assert checked["diff"]["before"]["keys"] == {"db0": 1}, checked
+    assert "diff" not in run_module("redis_snapshot", restore_args, check_mode=True)
     assert target.client().get("stale") == b"value", "check mode changed the target"
     restored = run_module("redis_snapshot", restore_args)
     assert not restored.get("failed"), restored
     assert restored["keys_restored"] == {"db0": len(expected[0]), "db3": len(expected[3])}
-    assert snapshot_of(target) == expected
+    assert [entry["ok"] for entry in restored["verified"]] == [True]
+    # Both read now: TTLs count down on both servers, so minute buckets match however long the test took.
+    assert snapshot_of(target) == snapshot_of(redis_plain)
+    assert {db: len(keys) for db, keys in snapshot_of(target).items()} == {db: len(keys) for db, keys in expected.items()}
 
 
 @pytest.mark.parametrize("diskless", ["yes", "no"])
@@ -132,6 +138,7 @@ def test_both_transfer_modes_store_a_clean_rdb(redis_plain: RedisServer, tmp_pat
     finally:
         redis_plain.client().config_set("repl-diskless-sync", "yes")
     assert not result.get("failed"), result
+    assert "encryption_recipients is empty" in json.dumps(result.get("warnings", [])), result
     assert result["manifest"]["redis"]["transfer"] == ("diskless" if diskless == "yes" else "disk")
     stored = (tmp_path / "repo" / "redis" / "modes" / result["backup_id"] / "dump.rdb").read_bytes()
     # A clean RDB: header, end opcode + CRC64 as the last 9 bytes, no 40-byte marker after it.
@@ -212,7 +219,7 @@ def test_bgsave_waits_for_a_running_bgsave_and_reports_a_failing_one(service_fac
     assert facts["keys"] == {"db0": 3000}
     client.config_set("rdb-key-save-delay", "0")
     verified = run_module("redis_snapshot", dict(repository="file://%s" % repo_dir, set="bg", state="verify", level="load"))
-    assert verified["verified"]["ok"] and verified["verified"]["keys"] == {"db0": 3000}, verified
+    assert verified["verified"][0]["ok"] and verified["verified"][0]["details"]["keys"] == {"db0": 3000}, verified
 
     # A BGSAVE that fails (the target name is a directory, so the rename fails): LASTSAVE would not
     # tell, rdb_last_bgsave_status does.
@@ -240,9 +247,9 @@ def test_corrupt_rdb_fails_rdb_and_load_verify(redis_plain: RedisServer, tmp_pat
     manifest["objects"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(manifest))
     checksum = run_module("redis_snapshot", dict(common, state="verify", level="checksum"))
-    assert checksum["verified"]["ok"], checksum
+    assert checksum["verified"][0]["ok"], checksum
     rdb = run_module("redis_snapshot", dict(common, state="verify", level="rdb"))
-    assert rdb.get("failed") and not rdb["verified"]["ok"]
+    assert rdb.get("failed") and not rdb["verified"][0]["ok"]
     assert "CRC" in rdb["msg"], rdb["msg"]
     load = run_module("redis_snapshot", dict(common, state="verify", level="load"))
     assert load.get("failed") and "could not load" in load["msg"], load["msg"]
@@ -353,7 +360,7 @@ def test_a_full_spool_is_named_and_the_backup_is_not_blamed(redis_plain: RedisSe
 
     # The backup was good all along: with room to unpack it, it verifies.
     roomy = run_module("redis_snapshot", dict(repo, state="verify", level="load", spool_dir=str(tmp_path), **key))
-    assert not roomy.get("failed") and roomy["verified"]["keys"] == {"db0": keys}, roomy
+    assert not roomy.get("failed") and roomy["verified"][0]["details"]["keys"] == {"db0": keys}, roomy
 
 
 def test_a_full_data_directory_stops_a_file_restore_before_redis_is_stopped(service_factory: t.Any,
@@ -396,7 +403,7 @@ def test_a_deep_spool_dir_still_loads(redis_plain: RedisServer, tmp_path: Path) 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     verified = run_module("redis_snapshot", dict(repo, state="verify", level="load", spool_dir=str(deep)))
-    assert not verified.get("failed") and verified["verified"]["ok"], verified
+    assert not verified.get("failed") and verified["verified"][0]["ok"], verified
     assert os.listdir(deep) == []
 
 

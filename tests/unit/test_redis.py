@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import socket
 import threading
@@ -11,10 +12,18 @@ import typing as t
 import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
-from ansible_collections.runbook.ops.plugins.module_utils._redis import (
-    CRC64, RDBInspector, RedisConnection, ReplicationSource, _config_without_aof, crc64_simple, directory_problem,
-    parse_info, redis_snapshot_argspec, validate_params)
+from ansible_collections.runbook.ops.plugins.module_utils._crc64 import CRC64, crc64_simple
+from ansible_collections.runbook.ops.plugins.module_utils._rdb import RDBInspector
+from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
+    RedisConnection, RedisConnectionOptions, parse_info)
+from ansible_collections.runbook.ops.plugins.module_utils._redis_files import LocalFile, directory_problem
+from ansible_collections.runbook.ops.plugins.module_utils._redis_replication import ReplicationSource
+from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import config_without_aof
+from ansible_collections.runbook.ops.plugins.module_utils._redis_snapshot import (
+    RedisSnapshotOptions, run_redis_snapshot)
+from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
 from ansible_collections.runbook.ops.plugins.module_utils._stream import StreamError
+from tests.harness.tasks import InvalidParams, make_task, validated
 
 
 def test_crc64_check_value() -> None:
@@ -70,14 +79,7 @@ def test_rdb_inspector_reports_disabled_checksum() -> None:
 
 
 def _fake_connection(sock: socket.socket) -> RedisConnection:
-    conn = RedisConnection.__new__(RedisConnection)
-    conn.sock = sock
-    conn._buf = bytearray()
-    conn._pos = 0
-    conn.where = "fake:6379"
-    conn.user = None
-    conn.connect_timeout = 5.0
-    return conn
+    return RedisConnection(sock, "fake:6379", connect_timeout=5.0)
 
 
 def _serve(server: socket.socket, replies: t.List[bytes]) -> None:
@@ -139,11 +141,11 @@ def test_parse_info_keyspace() -> None:
 def test_config_edit_turns_only_appendonly_off(tmp_path: t.Any) -> None:
     conf = tmp_path / "redis.conf"
     conf.write_text("port 1\nappendonly yes # on\nappendfilename x.aof\n")
-    original, edited = _config_without_aof(str(conf))
+    original, edited = config_without_aof(str(conf))
     assert edited == b"port 1\nappendonly no # on\nappendfilename x.aof\n" and original == conf.read_bytes()
     conf.write_text("port 1\n")
     with pytest.raises(RunbookError, match="no 'appendonly yes' line"):
-        _config_without_aof(str(conf))
+        config_without_aof(str(conf))
 
 
 def test_every_argument_is_a_length_prefixed_bulk_string() -> None:
@@ -154,20 +156,55 @@ def test_every_argument_is_a_length_prefixed_bulk_string() -> None:
     assert RedisConnection.encode([b"\x00\r\n"]) == b"*1\r\n$3\r\n\x00\r\n\r\n"
 
 
-def _params(**changes: t.Any) -> dict:
-    params = {name: spec.get("default") for name, spec in redis_snapshot_argspec().items()}
-    params.update(compression="zstd", compression_level=None, compression_threads=0, set=None)
-    params.update(changes)
-    return params
+def _options(**params: t.Any) -> RedisSnapshotOptions:
+    return make_task("redis_snapshot", RedisSnapshotOptions.from_params, params).options
 
 
 def test_valid_options_pass() -> None:
-    validate_params(_params())
-    validate_params(_params(login_host="::1", login_port=65535, connect_timeout=0.5, compression_level=22,
-                            compression_threads=0, login_password="any\r\nbytes\x00", spool_dir="/var/tmp",
-                            backup_id="20261124T031500.042Z-3fa91c", service_name="redis-server@main.service"))
-    validate_params(_params(compression="gzip", compression_level=9))
-    validate_params(_params(compression="none", compression_level=0))
+    _options()
+    _options(login_host="::1", login_port=65535, connect_timeout=0.5, compression_level=22,
+             compression_threads=0, login_password="any\r\nbytes\x00", spool_dir="/var/tmp",
+             backup_id="20261124T031500.042Z-3fa91c", service_name="redis-server@main.service")
+    _options(compression="gzip", compression_level=9)
+    _options(compression="none", compression_level=0)
+
+
+def test_defaults_come_from_the_argument_spec() -> None:
+    opts = _options()
+    assert opts.state == "backup" and opts.method == "replication" and opts.level == "rdb"
+    assert opts.wait_timeout == 3600 and opts.flush is False
+    assert opts.connection.address() == ("localhost", 6379) and opts.connection.connect_timeout == 10.0
+    assert opts.connection.tls is False and opts.connection.validate_certs is True
+    assert opts.set_name == "localhost-6379" and opts.job.compression == "zstd"
+    assert opts.job.compression_settings == {"algorithm": "zstd", "level": None, "threads": 0}
+    assert _options(state="restore").method == "keys"
+    assert _options(state="restore", method="file", service_name="redis").method == "file"
+    assert _options(set="sessions", max_age="6h").job.max_age == 6 * 3600.0
+
+
+def test_the_password_is_not_in_the_options_repr() -> None:
+    opts = _options(login_password="s3cret-pass", encryption_identity="AGE-SECRET-KEY-1XYZ")
+    assert "s3cret-pass" not in repr(opts) and "AGE-SECRET-KEY" not in repr(opts)
+
+
+@pytest.mark.parametrize("state, method, words", [("backup", "keys", "restore method"),
+                                                  ("restore", "bgsave", "backup method")])
+def test_a_method_of_the_other_state_is_refused(state: str, method: str, words: str) -> None:
+    with pytest.raises(RunbookError, match=words):
+        _options(state=state, method=method, service_name="redis")
+
+
+@pytest.mark.parametrize("params, words", [
+    (dict(state="restore", method="file"), "service_name, stop_command"),
+    (dict(state="restore", method="file", stop_command=["true"]), "start_command"),
+    (dict(service_name="redis", stop_command=["true"], start_command=["true"]), "mutually exclusive"),
+    (dict(client_key_file="/tmp/key.pem"), "client_cert_file"),
+    (dict(state="list"), "state"),
+    (dict(level="deep"), "level"),
+])
+def test_the_argument_spec_refuses_what_it_can(params: t.Dict[str, t.Any], words: str) -> None:
+    with pytest.raises(InvalidParams, match=words):
+        validated("redis_snapshot", params)
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -186,20 +223,64 @@ def test_valid_options_pass() -> None:
 ])
 def test_bad_options_are_refused_with_their_name(option: str, value: t.Any, words: str) -> None:
     with pytest.raises(RunbookError, match=words):
-        validate_params(_params(**{option: value}))
+        _options(**{option: value})
 
 
 def test_a_default_set_from_a_hostile_host_is_refused() -> None:
     with pytest.raises(RunbookError, match="login_host"):
-        validate_params(_params(login_host=".hidden"))
+        _options(login_host=".hidden")
     with pytest.raises(RunbookError, match="NUL byte"):
-        validate_params(_params(stop_command=["kill", "a\x00b"], start_command=["true"]))
+        _options(stop_command=["kill", "a\x00b"], start_command=["true"])
+    with pytest.raises(RunbookError, match="stop_command is an empty list"):
+        _options(stop_command=[], start_command=["true"])
 
 
 def test_the_password_never_appears_in_a_refusal() -> None:
+    # The argument spec turns a number into text; the check still holds for whatever reaches it.
     with pytest.raises(RunbookError) as caught:
-        validate_params(_params(login_password=12345))
+        RedisConnectionOptions.from_params(dict(validated("redis_snapshot"), login_password=12345))
     assert "12345" not in caught.value.msg
+
+
+def test_a_full_file_is_the_directory_s_fault(tmp_path: t.Any) -> None:
+    """LocalFile remembers the write error (as a GuardedWriter) and names the directory, with the room needed."""
+    target = LocalFile(str(tmp_path / "dump.rdb"), "/srv/spool", "spool directory", needed=1 << 20)
+    target.destination = open("/dev/full", "wb")  # pylint: disable=consider-using-with
+    with pytest.raises(OSError):
+        target.write(b"x" * 65536)
+        target.flush()
+    problem = target.directory_failure()
+    target.abort()
+    assert "the spool directory '/srv/spool' is full" in problem.msg and "needs 1048576 bytes" in problem.msg
+
+
+def _stored_snapshot(tmp_path: t.Any, rdb: bytes) -> t.Dict[str, t.Any]:
+    """A snapshot written the way a backup writes it (manifest last), without a server."""
+    url = "file://%s" % (tmp_path / "repo")
+    with Repository.from_options({"repository": url}).new_backup("redis", "unit") as writer:
+        writer.add_object("dump.rdb", io.BytesIO(rdb), compression="zstd")
+        writer.commit(fmt="rdb", extra={"redis": {"keys": {"db0": 1}}})
+    return {"repository": url, "set": "unit", "state": "verify"}
+
+
+def test_verify_returns_a_list_of_entries_and_fails_keeping_it(tmp_path: t.Any) -> None:
+    args = _stored_snapshot(tmp_path, _rdb())
+    result = run_redis_snapshot(make_task("redis_snapshot", RedisSnapshotOptions.from_params, dict(args, level="rdb")))
+    (entry,) = result["verified"]
+    assert entry["ok"] and entry["level"] == "rdb" and entry["kind"] == "redis" and entry["set"] == "unit"
+    assert entry["backup_id"] == result["backup_id"] and entry["problems"] == []
+    assert "python" in entry["details"]["crc_checked_by"] and entry["details"]["rdb_version"] == 10
+    assert result["msg"].startswith("backup %s verified" % result["backup_id"])
+
+    bad = bytearray(_rdb())
+    bad[10] ^= 1
+    args = _stored_snapshot(tmp_path / "bad", bytes(bad))
+    with pytest.raises(RunbookError) as caught:
+        run_redis_snapshot(make_task("redis_snapshot", RedisSnapshotOptions.from_params, dict(args, level="rdb")))
+    assert "failed verification at level rdb" in caught.value.msg and "CRC64 mismatch" in caught.value.msg
+    (entry,) = caught.value.details["verified"]
+    assert not entry["ok"] and any("CRC64 mismatch" in problem for problem in entry["problems"])
+    assert caught.value.details["changed"] is False and caught.value.details["backup_id"] == entry["backup_id"]
 
 
 @pytest.mark.parametrize("code, state", [(errno.ENOSPC, "is full"), (errno.EROFS, "is read-only"),
