@@ -1,216 +1,38 @@
 # -*- coding: utf-8 -*-
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""JWT signing keys kept in a Kubernetes Secret: generation, RFC 7638 key ids, the rotation state
-machine (``next`` -> ``active`` -> ``retired`` -> dropped) and the read-modify-write against the API.
+"""The JWT signing key set and its rotation state machine (``next`` -> ``active`` -> ``retired`` ->
+dropped), pure: :class:`KeySet` reads and writes the stored set, :func:`plan` decides its next state.
 
-The pure part (:func:`generate_jwk`, :func:`thumbprint`, :class:`KeySet`, :func:`plan`) knows nothing
-about Kubernetes and is unit-tested on its own; :func:`rotate` applies a plan to the cluster.
-
-The Secret holds a private JWK Set (RFC 7517) whose keys carry four extra members, which JWK
+The stored set is a private JWK Set (RFC 7517) whose keys carry four extra members, which JWK
 consumers ignore: ``state`` (``next``, ``active`` or ``retired``), ``created``, ``activated`` and
 ``retire_at`` (UTC, ISO 8601). The active key comes first ("the first signs, all verify").
+Applying a plan to Kubernetes is :mod:`._jwt_rotate`'s job.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
+import dataclasses
 import datetime
-import hashlib
 import json
 import re
-import secrets
-import time
 import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import (
-    RunbookError, isoformat, parse_time, utcnow,
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, isoformat, parse_time
+from ansible_collections.runbook.ops.plugins.module_utils._jwk import (
+    JWK, PRIVATE_MEMBERS, THUMBPRINT_MEMBERS, check_algorithm, generate_jwk, jwk_without_meta, public_jwk, rsa_bits,
+    thumbprint,
 )
-from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    duration, k8s_data_key, k8s_name, no_control, number, shown,
-)
+from ansible_collections.runbook.ops.plugins.module_utils._names import shown
 
-# alg -> (kty, curve or HMAC secret length in random bytes)
-ALGORITHMS: t.Dict[str, t.Tuple[str, t.Any]] = {
-    "RS256": ("RSA", None), "RS384": ("RSA", None), "RS512": ("RSA", None), "PS256": ("RSA", None),
-    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "HS256": ("oct", 32), "HS512": ("oct", 64),
-}
-HMAC_ALGORITHMS = ("HS256", "HS512")
 STATES = ("next", "active", "retired")
-META_MEMBERS = ("state", "created", "activated", "retire_at")
-# RFC 7638 section 3.2: the required members of each key type, in lexicographic order.
 _B64U = re.compile(r"^[A-Za-z0-9_-]*$")
-THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"),
-                      "oct": ("k", "kty")}
-PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-MIN_RSA_BITS = 2048
-MAX_RSA_BITS = 8192  # larger keys take minutes to make and nothing verifies them faster
 # How many removed kids the set remembers, so that revoking a kid again is recognised (not a typo).
 REMOVED_HISTORY = 100
-MANAGED_LABELS = {"app.kubernetes.io/managed-by": "runbook.ops"}
-WORKLOAD_KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
-
-# ----------------------------------------------------------------------------------------------
-# Encoding helpers
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64u_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _int_b64u(value: int, length: t.Optional[int] = None) -> str:
-    length = length or max(1, (value.bit_length() + 7) // 8)
-    return b64u(value.to_bytes(length, "big"))
-
-
-def _b64u_int(text: str) -> int:
-    return int.from_bytes(b64u_decode(text), "big")
-
-
-# ----------------------------------------------------------------------------------------------
-# Keys
-
-
-def thumbprint(jwk: t.Mapping[str, t.Any]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256, base64url): the key id of every key this module makes."""
-    kty = jwk.get("kty")
-    members = THUMBPRINT_MEMBERS.get(str(kty))
-    if members is None:
-        raise RunbookError("cannot compute the thumbprint of a key of type %r" % kty)
-    missing = [m for m in members if m not in jwk]
-    if missing:
-        raise RunbookError("key of type %s lacks the member(s) %s" % (kty, ", ".join(missing)))
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return b64u(hashlib.sha256(canonical.encode("utf-8")).digest())
-
-
-def check_algorithm(alg: str, key_size: int) -> None:
-    if alg not in ALGORITHMS:
-        raise RunbookError("algorithm %r is not supported (use %s)" % (alg, ", ".join(ALGORITHMS)))
-    if ALGORITHMS[alg][0] == "RSA" and key_size < MIN_RSA_BITS:
-        raise RunbookError("key_size %d is too small for %s: RSA keys need at least %d bits" % (key_size, alg, MIN_RSA_BITS))
-    if ALGORITHMS[alg][0] == "RSA" and key_size > MAX_RSA_BITS:
-        raise RunbookError("key_size %d is too large for %s: at most %d bits (a larger key takes minutes to make)"
-                           % (key_size, alg, MAX_RSA_BITS))
-
-
-def generate_jwk(alg: str, key_size: int = 3072) -> dict:
-    """A new private JWK for ``alg`` with ``kid`` (its thumbprint), ``alg`` and ``use: sig``.
-
-    HMAC secrets are random printable text (base64url of 32 or 64 random bytes): the same bytes
-    work as the JWK ``k`` and as an environment variable an application reads as a string.
-    """
-    check_algorithm(alg, key_size)
-    kty, param = ALGORITHMS[alg]
-    jwk: dict
-    if kty == "oct":
-        secret = b64u(secrets.token_bytes(param)).encode("ascii")
-        jwk = {"kty": "oct", "k": b64u(secret)}
-    elif kty == "RSA":
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-        priv = key.private_numbers()
-        pub = priv.public_numbers
-        jwk = {"kty": "RSA", "n": _int_b64u(pub.n), "e": _int_b64u(pub.e), "d": _int_b64u(priv.d),
-               "p": _int_b64u(priv.p), "q": _int_b64u(priv.q), "dp": _int_b64u(priv.dmp1),
-               "dq": _int_b64u(priv.dmq1), "qi": _int_b64u(priv.iqmp)}
-    elif kty == "EC":
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        curve, size = (ec.SECP256R1(), 32) if param == "P-256" else (ec.SECP384R1(), 48)
-        key = ec.generate_private_key(curve)
-        priv_ec = key.private_numbers()
-        jwk = {"kty": "EC", "crv": param, "x": _int_b64u(priv_ec.public_numbers.x, size),
-               "y": _int_b64u(priv_ec.public_numbers.y, size), "d": _int_b64u(priv_ec.private_value, size)}
-    else:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        key = ed25519.Ed25519PrivateKey.generate()
-        raw = serialization.Encoding.Raw
-        jwk = {"kty": "OKP", "crv": "Ed25519",
-               "x": b64u(key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)),
-               "d": b64u(key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))}
-    jwk["kid"] = thumbprint(jwk)
-    jwk["alg"] = alg
-    jwk["use"] = "sig"
-    return jwk
-
-
-def rsa_bits(jwk: t.Mapping[str, t.Any]) -> t.Optional[int]:
-    if jwk.get("kty") != "RSA" or "n" not in jwk:
-        return None
-    return _b64u_int(jwk["n"]).bit_length()
-
-
-def public_jwk(jwk: t.Mapping[str, t.Any]) -> dict:
-    """The public members of a key (no private parameters, no state metadata)."""
-    if jwk.get("kty") == "oct":
-        raise RunbookError("key %s is a shared HMAC secret (%s): it has no public part and is never published"
-                           % (jwk.get("kid"), jwk.get("alg")))
-    members = THUMBPRINT_MEMBERS[jwk["kty"]]
-    public = {m: jwk[m] for m in members}
-    public.update(kid=jwk["kid"], alg=jwk["alg"], use=jwk.get("use", "sig"))
-    return public
-
-
-def jwk_without_meta(jwk: t.Mapping[str, t.Any]) -> dict:
-    return {k: v for k, v in jwk.items() if k not in META_MEMBERS}
-
-
-def private_pem(jwk: t.Mapping[str, t.Any]) -> str:
-    """The private key as unencrypted PKCS#8 PEM (asymmetric keys only)."""
-    from cryptography.hazmat.primitives import serialization
-
-    kty = jwk.get("kty")
-    if kty == "RSA":
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        pub = rsa.RSAPublicNumbers(_b64u_int(jwk["e"]), _b64u_int(jwk["n"]))
-        key: t.Any = rsa.RSAPrivateNumbers(
-            _b64u_int(jwk["p"]), _b64u_int(jwk["q"]), _b64u_int(jwk["d"]), _b64u_int(jwk["dp"]),
-            _b64u_int(jwk["dq"]), _b64u_int(jwk["qi"]), pub).private_key()
-    elif kty == "EC":
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        curve = ec.SECP256R1() if jwk["crv"] == "P-256" else ec.SECP384R1()
-        key = ec.derive_private_key(_b64u_int(jwk["d"]), curve)
-    elif kty == "OKP":
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(b64u_decode(jwk["d"]))
-    else:
-        raise RunbookError("key %s (%s) is a shared secret: it has no PEM form (use format raw or jwk)"
-                           % (jwk.get("kid"), jwk.get("alg")))
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode("ascii")
-
-
-def hmac_secret(jwk: t.Mapping[str, t.Any]) -> bytes:
-    if jwk.get("kty") != "oct":
-        raise RunbookError("key %s (%s) is not a shared secret: format raw is only for HS256/HS512 keys (use pem or jwk)"
-                           % (jwk.get("kid"), jwk.get("alg")))
-    return b64u_decode(jwk["k"])
-
-
-def export_active(jwk: t.Mapping[str, t.Any], fmt: str) -> bytes:
-    """The active signing key as an application reads it from an environment variable."""
-    if fmt == "raw":
-        return hmac_secret(jwk)
-    if fmt == "pem":
-        return private_pem(jwk).encode("ascii")
-    if fmt == "jwk":
-        return json.dumps(jwk_without_meta(jwk), sort_keys=True).encode("ascii")
-    raise RunbookError("active_key_secret: unknown format %r (use pem, jwk or raw)" % fmt)
+Removal = t.Dict[str, str]
+"""An entry of the set's ``removed`` history: ``kid``, ``removed`` (when) and ``reason``."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,7 +51,7 @@ def _time(value: t.Any, what: str) -> t.Optional[datetime.datetime]:
 class Key:
     """One key of the set: the private JWK and its life-cycle facts."""
 
-    def __init__(self, jwk: dict, state: str, created: datetime.datetime,
+    def __init__(self, jwk: JWK, state: str, created: datetime.datetime,
                  activated: t.Optional[datetime.datetime] = None, retire_at: t.Optional[datetime.datetime] = None) -> None:
         self.jwk = jwk_without_meta(jwk)
         self.state = state
@@ -255,14 +77,14 @@ class Key:
         bits = rsa_bits(self.jwk)
         return bits is None or bits == key_size
 
-    def facts(self) -> dict:
+    def facts(self) -> JWK:
         """What may be shown: no key material."""
         return {"kid": self.kid, "alg": self.alg, "kty": self.jwk.get("kty"), "state": self.state,
                 "created": isoformat(self.created),
                 "activated": isoformat(self.activated) if self.activated else None,
                 "retire_at": isoformat(self.retire_at) if self.retire_at else None}
 
-    def to_json(self) -> dict:
+    def to_json(self) -> JWK:
         entry = dict(self.jwk)
         entry["state"] = self.state
         entry["created"] = isoformat(self.created)
@@ -281,9 +103,9 @@ class KeySet:
     (when) and ``reason``, ``revoked`` or ``dropped``), so that revoking an already removed kid again is
     recognised and not taken for a mistyped one."""
 
-    def __init__(self, keys: t.Optional[t.List[Key]] = None, removed: t.Optional[t.List[dict]] = None) -> None:
+    def __init__(self, keys: t.Optional[t.List[Key]] = None, removed: t.Optional[t.List[Removal]] = None) -> None:
         self.keys: t.List[Key] = list(keys or [])
-        self.removed: t.List[dict] = list(removed or [])
+        self.removed: t.List[Removal] = list(removed or [])
 
     @classmethod
     def parse(cls, text: t.Union[str, bytes, None], now: datetime.datetime, grace: float,
@@ -344,12 +166,12 @@ class KeySet:
         return KeySet(sorted(self.keys, key=order), self.removed)
 
     def dump(self) -> str:
-        doc: dict = {"keys": [k.to_json() for k in self.sorted().keys]}
+        doc: t.Dict[str, t.Any] = {"keys": [k.to_json() for k in self.sorted().keys]}
         if self.removed:
             doc["removed"] = self.removed[-REMOVED_HISTORY:]
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
-    def was_removed(self, kid: str) -> t.Optional[dict]:
+    def was_removed(self, kid: str) -> t.Optional[Removal]:
         """The latest history entry of ``kid`` when it was revoked or dropped lately."""
         found = [item for item in self.removed if item.get("kid") == kid]
         return found[-1] if found else None
@@ -376,10 +198,10 @@ class KeySet:
     def kids(self) -> t.List[str]:
         return [k.kid for k in self.keys]
 
-    def facts(self) -> t.List[dict]:
+    def facts(self) -> t.List[t.Dict[str, t.Any]]:
         return [k.facts() for k in self.sorted().keys]
 
-    def public(self) -> dict:
+    def public(self) -> JWK:
         """The public JWK Set: next, active and retired keys, HMAC secrets left out."""
         return {"keys": [public_jwk(k.jwk) for k in self.sorted().keys if not k.is_hmac]}
 
@@ -388,34 +210,40 @@ class KeySet:
 # The rotation state machine
 
 
+@dataclasses.dataclass(frozen=True)
 class Policy:
-    def __init__(self, algorithm: str = "RS256", key_size: int = 3072, rotate_after: float = 30 * 86400.0,
-                 grace_period: float = 86400.0, prepublish: float = 0.0, force: bool = False,
-                 revoke: t.Optional[t.Sequence[str]] = None) -> None:
-        check_algorithm(algorithm, key_size)
-        for name, value in (("rotate_after", rotate_after), ("grace_period", grace_period), ("prepublish", prepublish)):
-            if value < 0:
+    """How the set rotates: durations in seconds; ``revoke`` holds kids, or ``all`` alone (then
+    ``revoke_all`` is set and ``revoke`` is empty). Checked when made."""
+
+    algorithm: str
+    key_size: int
+    rotate_after: float
+    grace_period: float
+    prepublish: float
+    force: bool = False
+    revoke: t.Sequence[str] = ()
+    revoke_all: bool = dataclasses.field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        check_algorithm(self.algorithm, self.key_size)
+        for name in ("rotate_after", "grace_period", "prepublish"):
+            if getattr(self, name) < 0:
                 raise RunbookError("%s must not be negative" % name)
-        if rotate_after <= 0:
+        if self.rotate_after <= 0:
             raise RunbookError("rotate_after must be longer than 0 (it would rotate on every run); use force=true to "
                                "rotate now")
-        if prepublish > rotate_after:
+        if self.prepublish > self.rotate_after:
             raise RunbookError("prepublish %s is longer than rotate_after %s: a next key can be published at most "
                                "rotate_after before its rotation, so every rotation would wait for it and each key "
                                "would sign for longer than rotate_after; choose a prepublish of at most %s (about how "
                                "long verifiers cache the public key set)"
-                               % (_human(prepublish), _human(rotate_after), _human(rotate_after)))
-        self.algorithm = algorithm
-        self.key_size = key_size
-        self.rotate_after = rotate_after
-        self.grace_period = grace_period
-        self.prepublish = prepublish
-        self.force = force
-        revoke = [str(r).strip() for r in (revoke or []) if str(r).strip()]
-        self.revoke_all = "all" in revoke
-        if self.revoke_all and len(revoke) > 1:
+                               % (_human(self.prepublish), _human(self.rotate_after), _human(self.rotate_after)))
+        revoke = [str(r).strip() for r in self.revoke if str(r).strip()]
+        revoke_all = "all" in revoke
+        if revoke_all and len(revoke) > 1:
             raise RunbookError("revoke: use either all or a list of kids, not both")
-        self.revoke = [] if self.revoke_all else revoke
+        object.__setattr__(self, "revoke_all", revoke_all)
+        object.__setattr__(self, "revoke", () if revoke_all else tuple(revoke))
 
 
 class Plan:
@@ -444,7 +272,7 @@ class Plan:
 
 
 def plan(current: KeySet, policy: Policy, now: datetime.datetime,
-         generate: t.Callable[[str, int], dict] = generate_jwk, where: str = "the key set") -> Plan:
+         generate: t.Callable[[str, int], JWK] = generate_jwk, where: str = "the key set") -> Plan:
     """Decide the next state of the key set. Pure: ``current`` is not changed.
 
     Order: revoke (no grace), drop retired keys past ``retire_at``, discard a ``next`` key of another
@@ -457,9 +285,6 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
     A kid to revoke that is neither in the set nor among the kids it removed lately is refused (a
     mistyped kid must not read as "revoked"): nothing is planned, the error names the kids there are.
     """
-    before = KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed))
-    keys = KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed))
-    result = Plan(before, keys)
     unknown = [kid for kid in policy.revoke if kid not in current.kids() and current.was_removed(kid) is None]
     if unknown:
         raise RunbookError("revoke: no key with %s %s in %s, so nothing was revoked and nothing changed; the set holds "
@@ -468,108 +293,133 @@ def plan(current: KeySet, policy: Policy, now: datetime.datetime,
                            % ("kid" if len(unknown) == 1 else "kids", ", ".join(shown(kid) for kid in unknown),
                               where, current.describe()),
                            existing_kids=current.kids(), unknown_kids=unknown)
-    stamp = isoformat(now)
+    planner = _Planner(current, policy, now, generate)
+    planner.revoke()
+    planner.tidy()
+    planner.rotate()
+    return planner.finish()
 
-    def new_key() -> Key:
-        jwk = generate(policy.algorithm, policy.key_size)
-        result.generated.append(str(jwk["kid"]))
-        return Key(jwk, "next", now)
 
-    def promote(key: Key, reason: str) -> None:
-        old = keys.active
+class _Planner:
+    """The steps of :func:`plan`, on a copy of the set (``keys``), recording into ``result``."""
+
+    def __init__(self, current: KeySet, policy: Policy, now: datetime.datetime,
+                 generate: t.Callable[[str, int], JWK]) -> None:
+        self.current = current
+        self.policy = policy
+        self.now = now
+        self.generate = generate
+        self.stamp = isoformat(now)
+        self.keys = KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed))
+        self.result = Plan(KeySet([copy.deepcopy(k) for k in current.keys], copy.deepcopy(current.removed)), self.keys)
+
+    def _remove(self, key: Key, reason: str) -> None:
+        self.keys.keys.remove(key)
+        (self.result.revoked if reason == "revoked" else self.result.dropped).append(key.kid)
+        self.keys.removed.append({"kid": key.kid, "removed": self.stamp, "reason": reason})
+
+    def _new_key(self) -> Key:
+        jwk = self.generate(self.policy.algorithm, self.policy.key_size)
+        self.result.generated.append(str(jwk["kid"]))
+        return Key(jwk, "next", self.now)
+
+    def _promote(self, key: Key, reason: str) -> None:
+        old = self.keys.active
         if old is not None:
             old.state = "retired"
-            old.retire_at = now + datetime.timedelta(seconds=policy.grace_period)
-            result.events.append("key %s retired, verifies until %s" % (old.kid, isoformat(old.retire_at)))
+            old.retire_at = self.now + datetime.timedelta(seconds=self.policy.grace_period)
+            self.result.events.append("key %s retired, verifies until %s" % (old.kid, isoformat(old.retire_at)))
         key.state = "active"
-        key.activated = now
+        key.activated = self.now
         key.retire_at = None
-        if key not in keys.keys:
-            keys.keys.append(key)
-        result.rotated = True
-        result.events.append("key %s (%s) active: %s" % (key.kid, key.alg, reason))
+        if key not in self.keys.keys:
+            self.keys.keys.append(key)
+        self.result.rotated = True
+        self.result.events.append("key %s (%s) active: %s" % (key.kid, key.alg, reason))
 
-    # 1. revoke: gone at once, no grace.
-    targets = set(keys.kids()) if policy.revoke_all else set(policy.revoke)
-    for key in list(keys.keys):
-        if key.kid in targets:
-            keys.keys.remove(key)
-            result.revoked.append(key.kid)
-            keys.removed.append({"kid": key.kid, "removed": stamp, "reason": "revoked"})
-    if result.revoked:
-        result.events.append("revoked %s" % ", ".join(result.revoked))
-    for kid in policy.revoke:
-        earlier = current.was_removed(kid) if kid not in current.kids() else None
-        if earlier is not None:
-            result.notes.append("key %s was already %s at %s"
-                                % (kid, earlier.get("reason") or "removed", earlier.get("removed") or "an earlier run"))
-    # 2. retired keys past their grace period.
-    for key in list(keys.keys):
-        if key.state == "retired" and key.retire_at is not None and key.retire_at <= now:
-            keys.keys.remove(key)
-            result.dropped.append(key.kid)
-            keys.removed.append({"kid": key.kid, "removed": stamp, "reason": "dropped"})
-    # More than one active key (edited by hand): keep the newest, retire the others.
-    actives = sorted(keys.by_state("active"), key=lambda k: (k.activated or k.created).timestamp(), reverse=True)
-    for extra in actives[1:]:
-        extra.state, extra.retire_at = "retired", now + datetime.timedelta(seconds=policy.grace_period)
-    nexts = sorted(keys.by_state("next"), key=lambda k: k.created.timestamp())
-    for extra in nexts[:-1]:
-        keys.keys.remove(extra)
-        result.dropped.append(extra.kid)
-        keys.removed.append({"kid": extra.kid, "removed": stamp, "reason": "dropped"})
-    # 3. a prepared key of another algorithm is never used.
-    nxt = keys.next
-    if nxt is not None and not nxt.matches(policy.algorithm, policy.key_size):
-        keys.keys.remove(nxt)
-        result.dropped.append(nxt.kid)
-        keys.removed.append({"kid": nxt.kid, "removed": stamp, "reason": "dropped"})
-        result.events.append("next key %s (%s) discarded: algorithm is now %s" % (nxt.kid, nxt.alg, policy.algorithm))
-        nxt = None
-    if result.dropped:
-        result.events.insert(0, "dropped %s" % ", ".join(result.dropped))
-    del keys.removed[:-REMOVED_HISTORY]
+    def revoke(self) -> None:
+        """Step 1: revoked keys are gone at once, without grace."""
+        targets = set(self.keys.kids()) if self.policy.revoke_all else set(self.policy.revoke)
+        for key in list(self.keys.keys):
+            if key.kid in targets:
+                self._remove(key, "revoked")
+        if self.result.revoked:
+            self.result.events.append("revoked %s" % ", ".join(self.result.revoked))
+        for kid in self.policy.revoke:
+            earlier = self.current.was_removed(kid) if kid not in self.current.kids() else None
+            if earlier is not None:
+                self.result.notes.append("key %s was already %s at %s" % (
+                    kid, earlier.get("reason") or "removed", earlier.get("removed") or "an earlier run"))
 
-    # 4. rotation.
-    active = keys.active
-    prepublish = datetime.timedelta(seconds=policy.prepublish)
-    if active is None:
-        promote(nxt or new_key(), "the set had no active key")
-    elif policy.force:
-        promote(nxt or new_key(), "forced rotation")
-    else:
-        if not (active.activated is not None):
-            raise AssertionError('expected active.activated is not None')
+    def tidy(self) -> None:
+        """Steps 2 and 3: retired keys past their grace period are dropped; a set edited by hand gets
+        one active key (the newest) and one next key; a next key of another algorithm is discarded."""
+        for key in list(self.keys.keys):
+            if key.state == "retired" and key.retire_at is not None and key.retire_at <= self.now:
+                self._remove(key, "dropped")
+        actives = sorted(self.keys.by_state("active"), key=lambda k: (k.activated or k.created).timestamp(), reverse=True)
+        for extra in actives[1:]:
+            extra.state, extra.retire_at = "retired", self.now + datetime.timedelta(seconds=self.policy.grace_period)
+        for extra in sorted(self.keys.by_state("next"), key=lambda k: k.created.timestamp())[:-1]:
+            self._remove(extra, "dropped")
+        nxt = self.keys.next
+        if nxt is not None and not nxt.matches(self.policy.algorithm, self.policy.key_size):
+            self._remove(nxt, "dropped")
+            self.result.events.append("next key %s (%s) discarded: algorithm is now %s"
+                                      % (nxt.kid, nxt.alg, self.policy.algorithm))
+        if self.result.dropped:
+            self.result.events.insert(0, "dropped %s" % ", ".join(self.result.dropped))
+        del self.keys.removed[:-REMOVED_HISTORY]
+
+    def rotate(self) -> None:
+        """Step 4: a new active key when there is none, when forced, or when the active one is due
+        (with ``prepublish``: publish a next key first, activate it once it is that old)."""
+        active, nxt, policy = self.keys.active, self.keys.next, self.policy
+        if active is None:
+            self._promote(nxt or self._new_key(), "the set had no active key")
+            return
+        if policy.force:
+            self._promote(nxt or self._new_key(), "forced rotation")
+            return
+        if active.activated is None:
+            raise AssertionError("an active key has its activation time")
         due_at = active.activated + datetime.timedelta(seconds=policy.rotate_after)
         mismatch = not active.matches(policy.algorithm, policy.key_size)
-        due = mismatch or now >= due_at
+        due = mismatch or self.now >= due_at
         reason = ("algorithm or key size changed from %s to %s" % (active.alg, policy.algorithm) if mismatch
                   else "the active key was older than rotate_after")
+        prepublish = datetime.timedelta(seconds=policy.prepublish)
         if policy.prepublish <= 0:
             if due:
-                promote(nxt or new_key(), reason)
-        elif due or now >= due_at - prepublish:
-            if nxt is None:
-                nxt = new_key()
-                keys.keys.append(nxt)
-                result.events.append("key %s (%s) published as next; activates once it is %s old"
-                                     % (nxt.kid, nxt.alg, _human(policy.prepublish)))
-            if due:
-                if nxt.created + prepublish <= now:
-                    promote(nxt, reason + ", next key published since %s" % isoformat(nxt.created))
-                else:
-                    result.pending = True
-                    result.events.append("rotation due; next key %s activates at %s"
-                                         % (nxt.kid, isoformat(nxt.created + prepublish)))
-    active = keys.active
-    if not (active is not None and active.activated is not None):
-        raise AssertionError('expected active is not None and active.activated is not None')
-    result.next_rotation = active.activated + datetime.timedelta(seconds=policy.rotate_after)
-    nxt = keys.next
-    if nxt is not None:
-        result.next_rotation = max(result.next_rotation, nxt.created + prepublish)
-    result.after = keys.sorted()
-    return result
+                self._promote(nxt or self._new_key(), reason)
+            return
+        if not (due or self.now >= due_at - prepublish):
+            return
+        if nxt is None:
+            nxt = self._new_key()
+            self.keys.keys.append(nxt)
+            self.result.events.append("key %s (%s) published as next; activates once it is %s old"
+                                      % (nxt.kid, nxt.alg, _human(policy.prepublish)))
+        if not due:
+            return
+        if nxt.created + prepublish <= self.now:
+            self._promote(nxt, reason + ", next key published since %s" % isoformat(nxt.created))
+        else:
+            self.result.pending = True
+            self.result.events.append("rotation due; next key %s activates at %s"
+                                      % (nxt.kid, isoformat(nxt.created + prepublish)))
+
+    def finish(self) -> Plan:
+        active = self.keys.active
+        if active is None or active.activated is None:
+            raise AssertionError("a planned set always has an active key")
+        self.result.next_rotation = active.activated + datetime.timedelta(seconds=self.policy.rotate_after)
+        nxt = self.keys.next
+        if nxt is not None:
+            prepublish = datetime.timedelta(seconds=self.policy.prepublish)
+            self.result.next_rotation = max(self.result.next_rotation, nxt.created + prepublish)
+        self.result.after = self.keys.sorted()
+        return self.result
 
 
 def _human(seconds: float) -> str:
@@ -577,436 +427,3 @@ def _human(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return "%d%s" % (seconds // size, unit)
     return "%gs" % seconds
-
-
-# ----------------------------------------------------------------------------------------------
-# Kubernetes
-
-
-def _secret_text(obj: t.Optional[dict], key: str) -> t.Optional[bytes]:
-    if obj is None:
-        return None
-    value = (obj.get("data") or {}).get(key)
-    if value is None:
-        return None
-    return base64.b64decode(value)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _forbidden_hint(exc: RunbookError, need: str) -> RunbookError:
-    from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sForbidden
-
-    if isinstance(exc, K8sForbidden):
-        return RunbookError("%s (jwt_rotate needs %s)" % (exc.msg, need), **exc.details)
-    return exc
-
-
-class Target:
-    """Where a copy goes: the public set or the active key."""
-
-    def __init__(self, kind: str, name: str, namespace: str, key: str) -> None:
-        self.kind = kind
-        self.name = name
-        self.namespace = namespace
-        self.key = key
-
-    @property
-    def plural(self) -> str:
-        return "configmaps" if self.kind == "ConfigMap" else "secrets"
-
-    @property
-    def ref(self) -> str:
-        return "%s/%s/%s" % (self.kind, self.namespace, self.name)
-
-    def current(self, obj: t.Optional[dict]) -> t.Optional[bytes]:
-        if obj is None:
-            return None
-        if self.kind == "ConfigMap":
-            value = (obj.get("data") or {}).get(self.key)
-            return None if value is None else value.encode("utf-8")
-        return _secret_text(obj, self.key)
-
-    def put(self, obj: dict, content: bytes) -> None:
-        if self.kind == "ConfigMap":
-            obj.setdefault("data", {})
-            if obj["data"] is None:
-                obj["data"] = {}
-            obj["data"][self.key] = content.decode("utf-8")
-        else:
-            if obj.get("data") is None:
-                obj["data"] = {}
-            obj["data"][self.key] = _b64(content)
-
-
-def write_key(client: t.Any, target: Target, content: bytes, check_mode: bool, attempts: int = 5) -> bool:
-    """Set one key of a ConfigMap or Secret (created when absent), other keys untouched; optimistic
-    concurrency through resourceVersion. Returns whether anything changed."""
-    from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sConflict
-
-    for attempt in range(1, attempts + 1):
-        obj = client.get("v1", target.plural, target.name, target.namespace, missing_ok=True)
-        if target.current(obj) == content:
-            return False
-        if check_mode:
-            return True
-        try:
-            if obj is None:
-                body: dict = {"metadata": {"name": target.name, "namespace": target.namespace,
-                                           "labels": dict(MANAGED_LABELS)}}
-                if target.kind == "Secret":
-                    body["type"] = "Opaque"
-                target.put(body, content)
-                client.create("v1", target.plural, body, target.namespace)
-            else:
-                target.put(obj, content)
-                client.replace("v1", target.plural, obj, target.namespace)
-            return True
-        except K8sConflict:
-            if attempt == attempts:
-                raise
-            time.sleep(0.1 * attempt)
-    return False  # not reached
-
-
-MAX_DURATION = 100 * 365 * 86400.0
-MAX_WAIT = 86400
-
-
-def _optional_duration(params: t.Mapping[str, t.Any], option: str, default: str) -> float:
-    value = params.get(option)
-    return duration(option, default if value is None or value == "" else value, 0.0, MAX_DURATION)
-
-
-def validate_params(params: t.Mapping[str, t.Any]) -> None:
-    """Every name, number and duration a user (or a survey) can set, checked before the API is asked."""
-    k8s_name("namespace", params.get("namespace"), label=True)
-    k8s_name("secret_name", params.get("secret_name"))
-    k8s_data_key("secret_key", params.get("secret_key") or "jwks.json")
-    key_size = params.get("key_size")
-    if key_size is not None:
-        number("key_size", key_size, 1, MAX_RSA_BITS * 8)
-    for option in ("public_jwks", "active_key_secret"):
-        target = params.get(option)
-        if target:
-            k8s_name("%s.name" % option, target.get("name"))
-            if target.get("namespace"):
-                k8s_name("%s.namespace" % option, target["namespace"], label=True)
-            if target.get("key"):
-                k8s_data_key("%s.key" % option, target["key"])
-    for index, item in enumerate(params.get("restart") or []):
-        k8s_name("restart[%d].name" % index, item.get("name"))
-        if item.get("namespace"):
-            k8s_name("restart[%d].namespace" % index, item["namespace"], label=True)
-    for index, kid in enumerate(params.get("revoke") or []):
-        no_control("revoke[%d]" % index, kid)
-        if len(str(kid)) > 512:
-            raise RunbookError("revoke[%d] %s is longer than 512 characters; it is no kid of this set" % (index, shown(kid)))
-    if params.get("wait_timeout") is not None:
-        number("wait_timeout", params["wait_timeout"], 1, MAX_WAIT)
-    if params.get("now"):
-        no_control("now", params["now"])
-
-
-def _read_options(params: t.Mapping[str, t.Any]) -> t.Tuple[Policy, datetime.datetime]:
-    validate_params(params)
-    policy = Policy(
-        algorithm=params.get("algorithm") or "RS256",
-        key_size=int(params.get("key_size") or 3072),
-        rotate_after=duration("rotate_after", params.get("rotate_after") or "30d", 0.0, MAX_DURATION, above=True),
-        grace_period=_optional_duration(params, "grace_period", "24h"),
-        prepublish=_optional_duration(params, "prepublish", "0"),
-        force=bool(params.get("force")),
-        revoke=params.get("revoke") or [],
-    )
-    now = parse_time(params.get("now"), "now")
-    if not 1970 <= now.year <= 9000:
-        raise RunbookError("now %s is out of range: give a time between the years 1970 and 9000" % shown(params.get("now")))
-    return policy, now
-
-
-def _targets(params: t.Mapping[str, t.Any]) -> t.Tuple[t.Optional[Target], t.Optional[Target], str]:
-    ns = params["namespace"]
-    pub_opt = params.get("public_jwks")
-    public = None
-    if pub_opt:
-        public = Target(pub_opt.get("kind") or "ConfigMap", pub_opt["name"], pub_opt.get("namespace") or ns,
-                        pub_opt.get("key") or "jwks.json")
-    act_opt = params.get("active_key_secret")
-    active = None
-    fmt = ""
-    if act_opt:
-        active = Target("Secret", act_opt["name"], act_opt.get("namespace") or ns, act_opt.get("key") or "jwt-secret")
-        fmt = act_opt.get("format") or ("raw" if params.get("algorithm", "RS256") in HMAC_ALGORITHMS else "pem")
-        if active.name == params["secret_name"] and active.namespace == ns and active.key == params["secret_key"]:
-            raise RunbookError("active_key_secret: key %s of Secret/%s/%s is where the key set itself is kept; "
-                               "choose another key" % (active.key, ns, active.name))
-    if public is not None and public.kind == "Secret" and public.name == params["secret_name"] \
-            and public.namespace == ns and public.key == params["secret_key"]:
-        raise RunbookError("public_jwks: key %s of Secret/%s/%s is where the private key set is kept; choose another key"
-                           % (public.key, ns, public.name))
-    return public, active, fmt
-
-
-def _validate_combination(policy: Policy, public: t.Optional[Target], fmt: str) -> None:
-    if public is not None and policy.algorithm in HMAC_ALGORITHMS:
-        raise RunbookError("public_jwks cannot be used with %s: an HMAC key is a shared secret, publishing it would "
-                           "let anyone sign tokens; share it through active_key_secret (or the Secret) instead"
-                           % policy.algorithm)
-    if fmt == "raw" and policy.algorithm not in HMAC_ALGORITHMS:
-        raise RunbookError("active_key_secret: format raw is only for HS256/HS512 keys; use pem or jwk for %s"
-                           % policy.algorithm)
-    if fmt == "pem" and policy.algorithm in HMAC_ALGORITHMS:
-        raise RunbookError("active_key_secret: format pem is only for asymmetric keys; use raw or jwk for %s"
-                           % policy.algorithm)
-
-
-def _check_workloads(client: t.Any, restart: t.Sequence[t.Mapping[str, t.Any]], ns: str) -> t.List[t.Tuple[str, str, str]]:
-    found = []
-    for item in restart or []:
-        kind = item.get("kind") or "Deployment"
-        if kind not in WORKLOAD_KINDS:
-            raise RunbookError("restart: kind %r is not supported (use %s)" % (kind, ", ".join(WORKLOAD_KINDS)))
-        where = item.get("namespace") or ns
-        client.get("apps/v1", WORKLOAD_KINDS[kind], item["name"], where)  # K8sNotFound names the workload
-        found.append((kind, item["name"], where))
-    return found
-
-
-def _rollout_done(kind: str, obj: dict, generation: int) -> t.Tuple[bool, str]:
-    """kubectl rollout status, in one function: (done, what is still missing)."""
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    if status.get("observedGeneration", 0) < generation:
-        return False, "the controller has not seen the new template yet"
-    if kind == "Deployment":
-        for cond in status.get("conditions") or []:
-            if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-                raise RunbookError("rollout of Deployment/%s/%s failed: %s" % (
-                    obj["metadata"]["namespace"], obj["metadata"]["name"], cond.get("message", "progress deadline exceeded")))
-        want = spec.get("replicas", 1)
-        updated, total, available = (status.get("updatedReplicas", 0), status.get("replicas", 0),
-                                     status.get("availableReplicas", 0))
-        if updated < want:
-            return False, "%d of %d new replicas updated" % (updated, want)
-        if total > updated:
-            return False, "%d old replicas pending termination" % (total - updated)
-        if available < updated:
-            return False, "%d of %d updated replicas available" % (available, updated)
-        return True, ""
-    if kind == "StatefulSet":
-        if (spec.get("updateStrategy") or {}).get("type") == "OnDelete":
-            return True, ""
-        want = spec.get("replicas", 1)
-        if status.get("readyReplicas", 0) < want:
-            return False, "%d of %d replicas ready" % (status.get("readyReplicas", 0), want)
-        if status.get("updateRevision") != status.get("currentRevision"):
-            return False, "%d of %d replicas updated" % (status.get("updatedReplicas", 0), want)
-        return True, ""
-    want = status.get("desiredNumberScheduled", 0)
-    if status.get("updatedNumberScheduled", 0) < want:
-        return False, "%d of %d pods updated" % (status.get("updatedNumberScheduled", 0), want)
-    if status.get("numberAvailable", 0) < want:
-        return False, "%d of %d updated pods available" % (status.get("numberAvailable", 0), want)
-    return True, ""
-
-
-def wait_rollouts(client: t.Any, started: t.Sequence[t.Tuple[str, str, str, int]], timeout: float,
-                  interval: float = 1.0) -> t.Optional[str]:
-    """Wait until every restarted workload finished rolling out; the problem in words on timeout."""
-    deadline = time.monotonic() + timeout
-    pending = list(started)
-    last = ""
-    while pending:
-        still = []
-        for kind, name, ns, generation in pending:
-            obj = client.get("apps/v1", WORKLOAD_KINDS[kind], name, ns)
-            done, why = _rollout_done(kind, obj, generation)
-            if not done:
-                still.append((kind, name, ns, generation))
-                last = "%s/%s/%s: %s" % (kind, ns, name, why)
-        pending = still
-        if not pending:
-            return None
-        if time.monotonic() >= deadline:
-            names = ", ".join("%s/%s/%s" % (item[0], item[2], item[1]) for item in pending)
-            return "timed out after %gs waiting for the rollout of %s (%s)" % (timeout, names, last)
-        time.sleep(interval)
-    return None
-
-
-def rotate(client: t.Any, params: t.Mapping[str, t.Any], check_mode: bool = False, diff: bool = False,
-           attempts: int = 5, warn: t.Optional[t.Callable[[str], None]] = None) -> dict:
-    """Apply the rotation policy to ``Secret/<namespace>/<secret_name>`` and its copies."""
-    from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sConflict, K8sError
-
-    policy, now = _read_options(params)
-    ns, name, skey = params["namespace"], params["secret_name"], params.get("secret_key") or "jwks.json"
-    ref = "Secret/%s/%s" % (ns, name)
-    public, active_target, fmt = _targets(params)
-    _validate_combination(policy, public, fmt)
-    warnings: t.List[str] = []
-    try:
-        workloads = _check_workloads(client, params.get("restart") or [], ns)
-    except K8sError as exc:
-        raise _forbidden_hint(exc, "get on the workloads it restarts")
-
-    first_active: t.Optional[str] = None
-    first_kids: t.Optional[t.List[str]] = None
-    result_plan: t.Optional[Plan] = None
-    concurrent = False
-    for attempt in range(1, attempts + 1):
-        try:
-            obj = client.get("v1", "secrets", name, ns, missing_ok=True)
-        except K8sError as exc:
-            raise _forbidden_hint(exc, "get, create and update on secrets in namespace %s" % ns)
-        current = KeySet.parse(_secret_text(obj, skey), now, policy.grace_period,
-                               where="key %s of %s" % (skey, ref))
-        active = current.active
-        if first_kids is None:
-            first_active, first_kids = (active.kid if active else None), current.kids()
-        effective = policy
-        if attempt > 1 and (active.kid if active else None) != first_active:
-            # Someone else rotated in between: that rotation is the one asked for; a revoke of "all"
-            # means the keys that existed when this run started, not the one just made.
-            concurrent = True
-            effective = copy.copy(policy)
-            effective.force = False
-            if policy.revoke_all:
-                effective.revoke_all, effective.revoke = False, list(first_kids)
-        if attempt > 1 and effective.revoke:
-            # The kids to revoke were checked against the set as first read; one that went away since
-            # (another run revoked or dropped it) is simply gone.
-            if effective is policy:
-                effective = copy.copy(policy)
-            effective.revoke = [kid for kid in effective.revoke if kid in current.kids()]
-        try:
-            result_plan = plan(current, effective, now, where="key %s of %s" % (skey, ref))
-        except OverflowError:
-            raise RunbookError("key %s of %s holds a date that, with rotate_after, grace_period or prepublish, is out "
-                               "of the range of dates (past the year 9999); fix the stored dates or the durations"
-                               % (skey, ref))
-        if not result_plan.changed or check_mode:
-            break
-        data = result_plan.after.dump().encode("utf-8")
-        try:
-            if obj is None:
-                body = {"metadata": {"name": name, "namespace": ns, "labels": dict(MANAGED_LABELS)},
-                        "type": "Opaque", "data": {skey: _b64(data)}}
-                client.create("v1", "secrets", body, ns)
-            else:
-                if obj.get("data") is None:
-                    obj["data"] = {}
-                obj["data"][skey] = _b64(data)
-                client.replace("v1", "secrets", obj, ns)
-            break
-        except K8sConflict:
-            concurrent = True
-            if attempt == attempts:
-                raise RunbookError("cannot update %s: it kept changing under this run (%d attempts); "
-                                   "another rotation is running" % (ref, attempts))
-            time.sleep(0.05 * attempt)
-        except K8sError as exc:
-            raise _forbidden_hint(exc, "get, create and update on secrets in namespace %s" % ns)
-    if not (result_plan is not None):
-        raise AssertionError('expected result_plan is not None')
-    keyset = result_plan.after
-    changed = result_plan.changed
-
-    public_result = None
-    if public is not None:
-        document = keyset.public()
-        content = (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
-        try:
-            pub_changed = write_key(client, public, content, check_mode)
-        except K8sError as exc:
-            raise _forbidden_hint(exc, "get, create and update on %ss in namespace %s" % (public.kind.lower(), public.namespace))
-        changed = changed or pub_changed
-        public_result = {"kind": public.kind, "name": public.name, "namespace": public.namespace, "key": public.key,
-                         "changed": pub_changed, "kids": [k["kid"] for k in document["keys"]], "jwks": document}
-
-    active_result = None
-    if active_target is not None:
-        active_key = keyset.active
-        if not (active_key is not None):
-            raise AssertionError('expected active_key is not None')
-        if fmt == "raw" and not active_key.is_hmac or fmt == "pem" and active_key.is_hmac:
-            raise RunbookError("active_key_secret: format %s does not fit the active key %s (%s)" % (fmt, active_key.kid, active_key.alg))
-        try:
-            act_changed = write_key(client, active_target, export_active(active_key.jwk, fmt), check_mode)
-        except K8sError as exc:
-            raise _forbidden_hint(exc, "get, create and update on secrets in namespace %s" % active_target.namespace)
-        changed = changed or act_changed
-        active_result = {"name": active_target.name, "namespace": active_target.namespace, "key": active_target.key,
-                         "format": fmt, "kid": active_key.kid, "changed": act_changed}
-
-    restarted: t.List[str] = []
-    failure = None
-    if changed and workloads:
-        stamp = isoformat(utcnow())
-        started = []
-        for kind, wname, wns in workloads:
-            restarted.append("%s/%s/%s" % (kind, wns, wname))
-            if check_mode:
-                continue
-            try:
-                obj = client.rollout_restart("apps/v1", WORKLOAD_KINDS[kind], wname, wns, at=stamp)
-            except K8sError as exc:
-                raise _forbidden_hint(exc, "patch on %ss in namespace %s" % (kind.lower(), wns))
-            started.append((kind, wname, wns, int(obj["metadata"].get("generation", 0))))
-        if params.get("wait") and started:
-            failure = wait_rollouts(client, started, float(params.get("wait_timeout") or 300))
-
-    active_key = keyset.active
-    if not (active_key is not None):
-        raise AssertionError('expected active_key is not None')
-    if result_plan.pending:
-        warnings.append("rotation is due but the next key %s was published less than prepublish ago; it is activated "
-                        "by a run after %s" % (keyset.next.kid if keyset.next else "?",
-                                               isoformat(result_plan.next_rotation) if result_plan.next_rotation else "?"))
-    if concurrent and not result_plan.changed:
-        events = ["another run changed %s at the same time; found active key %s" % (ref, active_key.kid)]
-    else:
-        events = list(result_plan.events)
-    msg = "; ".join(events) if events else "key set %s unchanged: active key %s, next rotation %s" % (
-        ref, active_key.kid, isoformat(result_plan.next_rotation) if result_plan.next_rotation else "-")
-    if result_plan.notes:
-        msg += "; " + "; ".join(result_plan.notes)
-    result: dict = {
-        "changed": changed,
-        "rotated": result_plan.rotated and result_plan.changed,
-        "active_kid": active_key.kid,
-        "keys": keyset.facts(),
-        "revoked": list(result_plan.revoked),
-        "dropped": list(result_plan.dropped),
-        "public_jwks": public_result,
-        "active_key_secret": active_result,
-        "restarted": restarted,
-        "secret": ref,
-        "next_rotation": isoformat(result_plan.next_rotation) if result_plan.next_rotation else None,
-        "concurrent_change": concurrent,
-        "msg": ("(check mode) " if check_mode and changed else "") + msg,
-    }
-    for warning in warnings:
-        if warn is not None:
-            warn(warning)
-    if diff:
-        result["diff"] = {
-            "before_header": ref, "after_header": ref,
-            "before": _diff_view(result_plan.before.sorted()),
-            "after": _diff_view(keyset),
-        }
-    if failure:
-        result["_fail_msg"] = failure
-    return result
-
-
-def _diff_view(keyset: KeySet) -> str:
-    lines = []
-    for fact in keyset.facts():
-        line = "%s %s %s" % (fact["state"], fact["kid"], fact["alg"])
-        if fact["retire_at"]:
-            line += " retire_at=%s" % fact["retire_at"]
-        lines.append(line)
-    return "\n".join(lines) + ("\n" if lines else "")

@@ -61,10 +61,12 @@ options:
         required: true
         choices: [tls_secret, certificate, endpoint, file]
       namespace:
-        description: Namespace of the Secret or Certificate.
+        description:
+          - Namespace of the Secret or Certificate; required with O(sources[].name) or O(sources[].label_selector).
         type: str
       name:
-        description: Name of the Secret or Certificate.
+        description:
+          - Name of the Secret or Certificate. Not together with O(sources[].label_selector) or O(sources[].all).
         type: str
       label_selector:
         description: For V(tls_secret), every kubernetes.io/tls Secret of the namespace with these labels.
@@ -80,7 +82,7 @@ options:
         type: int
         default: 443
       server_name:
-        description: For V(endpoint), the TLS server name (SNI) to ask for; O(sources[].host) when not set.
+        description: For V(endpoint), the TLS server name (SNI) to ask for; O(sources[].host) when not set. Needs O(sources[].host).
         type: str
       path:
         description:
@@ -91,14 +93,15 @@ options:
       key_path:
         description:
           - For V(file), the private key file written (mode 0600) when the certificate is renewed, and read
-            when O(reuse_key) is set.
+            when O(reuse_key) is set. Needs O(sources[].path).
           - The new key, certificate and CA file are each written in full next to their destination before
             any of them replaces the old one, so a read-only or full file system leaves all of them as they
             were (the task fails naming the file). A destination whose directory is read-only or missing is
             reported before anything is issued, also in check mode.
         type: path
       ca_path:
-        description: For V(file), write the CA certificate to this file instead of appending it to O(sources[].path).
+        description:
+          - For V(file), write the CA certificate to this file instead of appending it to O(sources[].path). Needs O(sources[].path).
         type: path
   remaining_days:
     description: Renew a certificate with fewer than this many days left (0 to 36500).
@@ -248,6 +251,11 @@ changed:
   returned: always
   type: bool
   sample: true
+msg:
+  description: What was checked and done, for people; on failure, every renewal that failed.
+  returned: always
+  type: str
+  sample: "3 certificates checked, 1 due for renewal, 1 renewed; status info"
 certificates:
   description: Every certificate found, in the order of O(sources).
   returned: always
@@ -385,8 +393,8 @@ checked_at:
   type: str
   sample: "2026-03-01T06:00:00Z"
 api_requests:
-  description: HTTP requests sent to the Kubernetes API server.
-  returned: when a tls_secret or certificate source was given
+  description: HTTP requests sent to the Kubernetes API server, retries included; V(0) when no source needed it.
+  returned: always
   type: int
   sample: 4
 duration_s:
@@ -396,60 +404,72 @@ duration_s:
   sample: 0.3
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._certs import (
-    ISSUER_TYPES, KEY_TYPES, SOURCE_TYPES, needs_kubernetes, run_cert_renew,
-)
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
+from ansible_collections.runbook.ops.plugins.module_utils._cert_issuer import ISSUER_TYPES, KEY_TYPES
+from ansible_collections.runbook.ops.plugins.module_utils._cert_renew import CertRenewOptions, run_cert_renew
+from ansible_collections.runbook.ops.plugins.module_utils._cert_sources import SOURCE_TYPES
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
 
 
-def run(module: AnsibleModule) -> dict:
-    client = client_from_module(module) if needs_kubernetes(module.params) else None
-    try:
-        return run_cert_renew(module.params, client, module.check_mode, module._diff)
-    finally:
-        if client is not None:
-            client.close()
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    source_options = dict(
+        type=dict(type="str", required=True, choices=list(SOURCE_TYPES)),
+        namespace=dict(type="str"),
+        name=dict(type="str"),
+        label_selector=dict(type="str"),
+        all=dict(type="bool"),
+        host=dict(type="str"),
+        port=dict(type="int", default=443),
+        server_name=dict(type="str"),
+        path=dict(type="path"),
+        key_path=dict(type="path", no_log=False),
+        ca_path=dict(type="path"),
+    )
+    return dict(
+        argument_spec=dict(
+            **k8s_auth_argspec(),
+            sources=dict(
+                type="list", elements="dict", required=True, options=source_options,
+                required_if=[
+                    ("type", "tls_secret", ("name", "label_selector"), True),
+                    ("type", "certificate", ("name", "all"), True),
+                    ("type", "endpoint", ("host",)),
+                    ("type", "file", ("path",)),
+                ],
+                mutually_exclusive=[("name", "label_selector"), ("name", "all")],
+                # A Secret or Certificate is found by name or selector within a namespace; only
+                # certificate with all: true may look in every namespace.
+                required_by={"name": ("namespace",), "label_selector": ("namespace",), "server_name": ("host",),
+                             "key_path": ("path",), "ca_path": ("path",)},
+            ),
+            remaining_days=dict(type="float", default=30),
+            remaining_percentage=dict(type="float"),
+            force=dict(type="bool", default=False),
+            now=dict(type="str"),
+            issuer=dict(type="dict", options=dict(
+                type=dict(type="str", required=True, choices=list(ISSUER_TYPES)),
+                ca_cert=dict(type="str"),
+                ca_key=dict(type="str", no_log=True),
+                ca_key_passphrase=dict(type="str", no_log=True),
+            ), required_if=[("type", "ca", ("ca_cert", "ca_key"))]),
+            validity_days=dict(type="int", default=90),
+            key_type=dict(type="str", choices=list(KEY_TYPES), default="ecdsa-p256"),
+            reuse_key=dict(type="bool", default=False, no_log=False),
+            wait=dict(type="bool", default=False),
+            wait_timeout=dict(type="int", default=300),
+            restart_consumers=dict(type="bool", default=False),
+            connect_timeout=dict(type="float", default=10),
+        ),
+        supports_check_mode=True,
+    )
 
 
 def main() -> None:
-    argument_spec = dict(
-        **k8s_auth_argspec(),
-        sources=dict(type="list", elements="dict", required=True, options=dict(
-            type=dict(type="str", required=True, choices=list(SOURCE_TYPES)),
-            namespace=dict(type="str"),
-            name=dict(type="str"),
-            label_selector=dict(type="str"),
-            all=dict(type="bool"),
-            host=dict(type="str"),
-            port=dict(type="int", default=443),
-            server_name=dict(type="str"),
-            path=dict(type="path"),
-            key_path=dict(type="path", no_log=False),
-            ca_path=dict(type="path"),
-        )),
-        remaining_days=dict(type="float", default=30),
-        remaining_percentage=dict(type="float"),
-        force=dict(type="bool", default=False),
-        now=dict(type="str"),
-        issuer=dict(type="dict", options=dict(
-            type=dict(type="str", required=True, choices=list(ISSUER_TYPES)),
-            ca_cert=dict(type="str"),
-            ca_key=dict(type="str", no_log=True),
-            ca_key_passphrase=dict(type="str", no_log=True),
-        ), required_if=[("type", "ca", ("ca_cert", "ca_key"))]),
-        validity_days=dict(type="int", default=90),
-        key_type=dict(type="str", choices=list(KEY_TYPES), default="ecdsa-p256"),
-        reuse_key=dict(type="bool", default=False, no_log=False),
-        wait=dict(type="bool", default=False),
-        wait_timeout=dict(type="int", default=300),
-        restart_consumers=dict(type="bool", default=False),
-        connect_timeout=dict(type="float", default=10),
-    )
-    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True)
-    run_module(module, run)
+    module = k8s_module(**module_args())
+    run_task(module, CertRenewOptions.from_params, run_cert_renew)
 
 
 if __name__ == "__main__":

@@ -389,60 +389,70 @@ msg:
   returned: always
   type: str
   sample: "key 8mB7...1Yc (RS256) active: forced rotation; key Qx3v...9aQ retired, verifies until 2026-03-02T06:00:00Z"
+api_requests:
+  description: HTTP requests sent to the Kubernetes API server, retries included.
+  returned: always
+  type: int
+  sample: 6
+duration_s:
+  description: Seconds the task took.
+  returned: always
+  type: float
+  sample: 0.4
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._jwks import ALGORITHMS, rotate
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
+from ansible_collections.runbook.ops.plugins.module_utils._jwk import ALGORITHMS
+from ansible_collections.runbook.ops.plugins.module_utils._jwt_rotate import RotateOptions, rotate
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
+from ansible_collections.runbook.ops.plugins.module_utils._rollout import WORKLOAD_KINDS
 
 
-def run(module: AnsibleModule) -> dict:
-    client = client_from_module(module)
-    try:
-        return rotate(client, module.params, check_mode=module.check_mode,
-                      diff=module._diff, warn=module.warn)  # pylint: disable=protected-access
-    finally:
-        client.close()
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    return dict(
+        argument_spec=dict(
+            **k8s_auth_argspec(),
+            namespace=dict(type="str", required=True),
+            secret_name=dict(type="str", required=True),
+            secret_key=dict(type="str", default="jwks.json", no_log=False),
+            algorithm=dict(type="str", choices=list(ALGORITHMS), default="RS256"),
+            key_size=dict(type="int", default=3072, no_log=False),
+            rotate_after=dict(type="str", default="30d"),
+            force=dict(type="bool", default=False),
+            grace_period=dict(type="str", default="24h"),
+            prepublish=dict(type="str", default="0"),
+            revoke=dict(type="list", elements="str", default=[]),
+            public_jwks=dict(type="dict", options=dict(
+                kind=dict(type="str", choices=["ConfigMap", "Secret"], default="ConfigMap"),
+                name=dict(type="str", required=True),
+                key=dict(type="str", default="jwks.json", no_log=False),
+                namespace=dict(type="str"),
+            )),
+            active_key_secret=dict(type="dict", no_log=False, options=dict(
+                name=dict(type="str", required=True),
+                key=dict(type="str", default="jwt-secret", no_log=False),
+                format=dict(type="str", choices=["pem", "jwk", "raw"]),
+                namespace=dict(type="str"),
+            )),
+            restart=dict(type="list", elements="dict", default=[], options=dict(
+                kind=dict(type="str", choices=list(WORKLOAD_KINDS), default="Deployment"),
+                name=dict(type="str", required=True),
+                namespace=dict(type="str"),
+            )),
+            wait=dict(type="bool", default=False),
+            wait_timeout=dict(type="int", default=300),
+            now=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
 
 
 def main() -> None:
-    argument_spec = dict(
-        **k8s_auth_argspec(),
-        namespace=dict(type="str", required=True),
-        secret_name=dict(type="str", required=True),
-        secret_key=dict(type="str", default="jwks.json", no_log=False),
-        algorithm=dict(type="str", choices=list(ALGORITHMS), default="RS256"),
-        key_size=dict(type="int", default=3072, no_log=False),
-        rotate_after=dict(type="str", default="30d"),
-        force=dict(type="bool", default=False),
-        grace_period=dict(type="str", default="24h"),
-        prepublish=dict(type="str", default="0"),
-        revoke=dict(type="list", elements="str", default=[]),
-        public_jwks=dict(type="dict", options=dict(
-            kind=dict(type="str", choices=["ConfigMap", "Secret"], default="ConfigMap"),
-            name=dict(type="str", required=True),
-            key=dict(type="str", default="jwks.json", no_log=False),
-            namespace=dict(type="str"),
-        )),
-        active_key_secret=dict(type="dict", no_log=False, options=dict(
-            name=dict(type="str", required=True),
-            key=dict(type="str", default="jwt-secret", no_log=False),
-            format=dict(type="str", choices=["pem", "jwk", "raw"]),
-            namespace=dict(type="str"),
-        )),
-        restart=dict(type="list", elements="dict", default=[], options=dict(
-            kind=dict(type="str", choices=["Deployment", "StatefulSet", "DaemonSet"], default="Deployment"),
-            name=dict(type="str", required=True),
-            namespace=dict(type="str"),
-        )),
-        wait=dict(type="bool", default=False),
-        wait_timeout=dict(type="int", default=300),
-        now=dict(type="str"),
-    )
-    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True)
-    run_module(module, run)
+    module = k8s_module(**module_args())
+    run_task(module, RotateOptions.from_params, rotate)
 
 
 if __name__ == "__main__":

@@ -333,6 +333,7 @@ def test_wait_times_out_when_cert_manager_does_nothing(kube_cluster, kube_admin,
                         wait=True, wait_timeout=2)
     assert result.get("failed") is True
     assert "Certificate/%s/stuck was not Ready with a later notAfter within 2s" % ns in result["msg"]
+    assert result["api_requests"] > 0 and result["status"] == "critical"  # the partial result is kept
     assert one(result, "Certificate/%s/stuck" % ns)["renewed"] is True  # Issuing was set
     assert issuing(kube_admin.get(CM, "certificates", "stuck", ns))
 
@@ -446,7 +447,7 @@ def test_endpoint_certificate_is_reported_with_its_days_left(tmp_path):
             {"type": "endpoint", "host": "127.0.0.1", "port": server.port, "server_name": "endpoint.test"},
             {"type": "endpoint", "host": "127.0.0.1", "port": closed}], "connect_timeout": 3})
     assert not result.get("failed"), result
-    assert result["changed"] is False and "api_requests" not in result
+    assert result["changed"] is False and result["api_requests"] == 0  # no Kubernetes client was opened
     row = one(result, "Endpoint/127.0.0.1:%d/endpoint.test" % server.port)
     assert 12 < row["days_left"] <= 12.5
     assert row["msg"].startswith("expires in 12 days, below 30") and "report only" in row["msg"]
@@ -489,7 +490,8 @@ def test_file_is_renewed_self_signed_and_passes_openssl(tmp_path):
 
 def test_bad_source_options_fail_with_a_clear_message():
     result = run_module("cert_renew", {"sources": [{"type": "endpoint"}]})
-    assert result.get("failed") is True and "sources[0] (type endpoint) needs host" in result["msg"]
+    assert result.get("failed") is True
+    assert "type is endpoint but all of the following are missing: host found in sources" in result["msg"]
     result = run_module("cert_renew", {"sources": [{"type": "file", "path": "/nonexistent"}],
                                        "remaining_percentage": 33})
     assert result.get("failed") is True and "between 0 and 1" in result["msg"]

@@ -87,6 +87,8 @@ def test_grace_period_keeps_old_tokens_valid_until_it_ends(kube_cluster, kube_ad
     old = active_jwk(kube_admin, ns)
     assert old["kid"] == first["active_kid"] and jwt.PyJWK(old).key.key_size == 3072
     assert first["public_jwks"]["kids"] == [old["kid"]]
+    # Read the key set, create it, read and create the public set (at least).
+    assert first["api_requests"] >= 4 and "diff" not in first
     before = sign(old)
     assert verifies(kube_admin, ns, before)
 
@@ -335,6 +337,7 @@ def test_rollout_that_never_completes_fails_after_writing_the_keys(kube_cluster,
     result = rotate(kube_cluster, ns, algorithm="ES256", restart=[{"name": "stuck"}], wait=True, wait_timeout=3)
     assert result.get("failed") and "timed out after 3s waiting for the rollout of Deployment/%s/stuck" % ns in result["msg"]
     assert result["active_kid"] == active_jwk(kube_admin, ns)["kid"]
+    assert result["restarted"] == ["Deployment/%s/stuck" % ns] and result["api_requests"] > 0
 
 
 def test_rbac_limited_user_gets_a_clear_message(kube_cluster, kube_admin, kube_namespace):

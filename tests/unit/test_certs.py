@@ -1,4 +1,5 @@
-"""Pure parts of cert_renew: judging expiry, issuing and checking certificates, finding consumers."""
+"""Pure parts of cert_renew: judging expiry, issuing and checking certificates, finding consumers;
+options validated through the module's own argument spec."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from ansible_collections.runbook.ops.plugins.module_utils import _certs
+from ansible_collections.runbook.ops.plugins.module_utils import _cert_files, _cert_issuer, _cert_renew, _cert_x509
+from ansible_collections.runbook.ops.plugins.module_utils._cert_renew import CertRenewOptions, run_cert_renew
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sConflict
+from tests.harness.tasks import InvalidParams, make_task, validated
 
 NOW = datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
@@ -35,7 +39,19 @@ def make_cert(cn: str, key, signer_key=None, signer_name=None, start=NOW - 85 * 
 def pem(obj) -> str:
     if isinstance(obj, x509.Certificate):
         return obj.public_bytes(serialization.Encoding.PEM).decode()
-    return _certs.key_pem(obj).decode()
+    return _cert_x509.key_pem(obj).decode()
+
+
+def options(**params) -> CertRenewOptions:
+    params.setdefault("sources", [{"type": "file", "path": "/etc/site.crt"}])
+    return CertRenewOptions.from_params(validated("cert_renew", params))
+
+
+def issuer_from(**issuer) -> _cert_issuer.Issuer:
+    now = issuer.pop("now", None)
+    built = options(issuer=issuer).issuer
+    assert built is not None
+    return _cert_issuer.Issuer.from_options(built, now=now)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +66,7 @@ def ca():
 
 
 def test_judge_below_threshold_is_warning_with_human_message():
-    verdict = _certs.judge(NOW - 78 * DAY, NOW + 12 * DAY, NOW, 30, None)
+    verdict = _cert_renew.judge(NOW - 78 * DAY, NOW + 12 * DAY, NOW, 30, None)
     assert verdict["should_renew"] is True
     assert verdict["severity"] == "warning"
     assert verdict["msg"] == "expires in 12 days, below 30"
@@ -58,14 +74,14 @@ def test_judge_below_threshold_is_warning_with_human_message():
 
 
 def test_judge_far_from_expiry_is_ok_and_not_renewed():
-    verdict = _certs.judge(NOW - 165 * DAY, NOW + 200 * DAY, NOW, 30, None)
+    verdict = _cert_renew.judge(NOW - 165 * DAY, NOW + 200 * DAY, NOW, 30, None)
     assert verdict["should_renew"] is False
     assert verdict["severity"] == "ok"
     assert "expires in 200 days" in verdict["msg"]
 
 
 def test_judge_expired_is_critical():
-    verdict = _certs.judge(NOW - 92 * DAY, NOW - 2 * DAY, NOW, 30, None)
+    verdict = _cert_renew.judge(NOW - 92 * DAY, NOW - 2 * DAY, NOW, 30, None)
     assert verdict["should_renew"] is True
     assert verdict["severity"] == "critical"
     assert verdict["msg"].startswith("expired 2 days ago")
@@ -74,17 +90,17 @@ def test_judge_expired_is_critical():
 
 def test_judge_percentage_of_lifetime():
     # 90-day certificate, 35 days left: above 30 days but below a third of its lifetime (38.9%).
-    verdict = _certs.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.4)
+    verdict = _cert_renew.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.4)
     assert verdict["should_renew"] is True
     assert "38% of its lifetime left, below 40%" in verdict["msg"]
-    assert _certs.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.33)["should_renew"] is False
+    assert _cert_renew.judge(NOW - 55 * DAY, NOW + 35 * DAY, NOW, 30, 0.33)["should_renew"] is False
 
 
 def test_judge_force_and_not_yet_valid():
-    verdict = _certs.judge(NOW - 10 * DAY, NOW + 80 * DAY, NOW, 30, None, force=True)
+    verdict = _cert_renew.judge(NOW - 10 * DAY, NOW + 80 * DAY, NOW, 30, None, force=True)
     assert verdict["should_renew"] is True and verdict["severity"] == "ok"
     assert verdict["msg"].endswith("renewal forced")
-    future = _certs.judge(NOW + DAY, NOW + 91 * DAY, NOW, 30, None)
+    future = _cert_renew.judge(NOW + DAY, NOW + 91 * DAY, NOW, 30, None)
     assert future["severity"] == "critical" and "not valid before" in future["msg"]
 
 
@@ -92,34 +108,36 @@ def test_judge_force_and_not_yet_valid():
 # issuing
 
 
-@pytest.mark.parametrize("key_type", list(_certs.KEY_TYPES))
+@pytest.mark.parametrize("key_type", list(_cert_issuer.KEY_TYPES))
 def test_ca_issuer_keeps_subject_and_sans_with_new_serial(ca, key_type):
     ca_cert, ca_key = ca
     old_key = ec.generate_private_key(ec.SECP256R1())
     old = make_cert("auth.svc", old_key, ca_key, ca_cert.subject)
-    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)}, now=NOW)
-    key = _certs.generate_key(key_type)
-    new, ca_pem, notes = issuer.issue(old, key, 90)
+    issuer = issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=pem(ca_key), now=NOW)
+    key = _cert_issuer.generate_key(key_type)
+    issued = issuer.issue(old, key, 90)
+    new, ca_pem, notes = issued.cert, issued.ca_pem, issued.notes
     assert new.subject == old.subject
-    assert _certs.sans_of(new) == _certs.sans_of(old) == ["DNS:svc.example", "IP:10.0.0.7"]
+    assert _cert_x509.sans_of(new) == _cert_x509.sans_of(old) == ["DNS:svc.example", "IP:10.0.0.7"]
     assert new.serial_number != old.serial_number
     assert new.issuer == ca_cert.subject
-    assert _certs.signed_by(new, ca_cert)
-    assert _certs.key_matches(key, new)
+    assert _cert_x509.signed_by(new, ca_cert)
+    assert _cert_x509.key_matches(key, new)
     assert ca_pem.strip() == pem(ca_cert).encode().strip()
     assert notes == []
-    lifetime = _certs.not_after(new) - _certs.not_before(new)
+    lifetime = _cert_x509.not_after(new) - _cert_x509.not_before(new)
     assert datetime.timedelta(days=90) <= lifetime <= datetime.timedelta(days=90, minutes=6)
 
 
 def test_selfsigned_issuer_signs_with_its_own_key():
     old_key = ed25519.Ed25519PrivateKey.generate()
     old = make_cert("self.example", old_key)
-    key = _certs.generate_key("ed25519")
-    new, ca_pem, _notes = _certs.Issuer.from_options({"type": "selfsigned"}).issue(old, key, 30)
+    key = _cert_issuer.generate_key("ed25519")
+    issued = issuer_from(type="selfsigned").issue(old, key, 30)
+    new, ca_pem = issued.cert, issued.ca_pem
     assert new.issuer == new.subject == old.subject
-    assert _certs.signed_by(new, new)
-    assert ca_pem == _certs.cert_pem(new)
+    assert _cert_x509.signed_by(new, new)
+    assert ca_pem == _cert_x509.cert_pem(new)
 
 
 def test_validity_is_cut_to_the_ca_expiry():
@@ -127,9 +145,10 @@ def test_validity_is_cut_to_the_ca_expiry():
     soon = datetime.datetime.now(datetime.timezone.utc) + 10 * DAY
     ca_cert = make_cert("Short CA", ca_key, start=NOW - 400 * DAY, end=soon, ca=True, sans=())
     old = make_cert("x", ec.generate_private_key(ec.SECP256R1()), ca_key, ca_cert.subject)
-    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)})
-    new, _pem, notes = issuer.issue(old, _certs.generate_key("ecdsa-p256"), 90)
-    assert _certs.not_after(new) == ca_cert.not_valid_after_utc
+    issuer = issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=pem(ca_key))
+    issued = issuer.issue(old, _cert_issuer.generate_key("ecdsa-p256"), 90)
+    new, notes = issued.cert, issued.notes
+    assert _cert_x509.not_after(new) == ca_cert.not_valid_after_utc
     assert notes and "CA's expiry" in notes[0]
 
 
@@ -137,14 +156,14 @@ def test_issuer_key_not_matching_its_certificate_is_refused(ca):
     ca_cert, _ca_key = ca
     other = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(RunbookError, match="does not match the public key of issuer.ca_cert"):
-        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(other)}, now=NOW)
+        issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=pem(other), now=NOW)
 
 
 def test_issuer_that_is_not_a_ca_is_refused():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     leaf = make_cert("leaf", key, start=NOW - DAY, end=NOW + 100 * DAY)
     with pytest.raises(RunbookError, match="not a CA certificate"):
-        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(leaf), "ca_key": pem(key)}, now=NOW)
+        issuer_from(type="ca", ca_cert=pem(leaf), ca_key=pem(key), now=NOW)
 
 
 def test_encrypted_ca_key_needs_its_passphrase(ca):
@@ -152,12 +171,10 @@ def test_encrypted_ca_key_needs_its_passphrase(ca):
     encrypted = ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.BestAvailableEncryption(b"s3cret")).decode()
     with pytest.raises(RunbookError, match="encrypted and no passphrase"):
-        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted}, now=NOW)
+        issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=encrypted, now=NOW)
     with pytest.raises(RunbookError, match="passphrase is wrong"):
-        _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted,
-                                    "ca_key_passphrase": "wrong"}, now=NOW)
-    issuer = _certs.Issuer.from_options({"type": "ca", "ca_cert": pem(ca_cert), "ca_key": encrypted,
-                                         "ca_key_passphrase": "s3cret"}, now=NOW)
+        issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=encrypted, ca_key_passphrase="wrong", now=NOW)
+    issuer = issuer_from(type="ca", ca_cert=pem(ca_cert), ca_key=encrypted, ca_key_passphrase="s3cret", now=NOW)
     assert issuer.kind == "ca"
 
 
@@ -166,21 +183,21 @@ def test_check_issued_refuses_a_key_mismatch_and_a_foreign_signature(ca):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     good = make_cert("a", key, ca_key, ca_cert.subject, start=now - DAY, end=now + 30 * DAY)
-    _certs.check_issued(good, key, ca_cert)
+    _cert_issuer.check_issued(good, key, ca_cert)
     with pytest.raises(RunbookError, match="does not match the private key"):
-        _certs.check_issued(good, ec.generate_private_key(ec.SECP256R1()), ca_cert)
+        _cert_issuer.check_issued(good, ec.generate_private_key(ec.SECP256R1()), ca_cert)
     rogue = make_cert("a", key, ec.generate_private_key(ec.SECP256R1()), ca_cert.subject, start=now - DAY,
                       end=now + 30 * DAY)
     with pytest.raises(RunbookError, match="does not verify with the CA"):
-        _certs.check_issued(rogue, key, ca_cert)
+        _cert_issuer.check_issued(rogue, key, ca_cert)
     expired = make_cert("a", key, ca_key, ca_cert.subject, start=now - 30 * DAY, end=now - DAY)
     with pytest.raises(RunbookError, match="not valid now"):
-        _certs.check_issued(expired, key, ca_cert)
+        _cert_issuer.check_issued(expired, key, ca_cert)
 
 
 def test_load_certificates_rejects_non_pem():
     with pytest.raises(RunbookError, match="holds no PEM certificate"):
-        _certs.load_certificates(b"hello", "Secret/a/b tls.crt")
+        _cert_x509.load_certificates(b"hello", "Secret/a/b tls.crt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,8 +213,8 @@ def test_referenced_secrets_covers_volumes_projected_env_and_env_from():
                                                {"name": "Y", "value": "plain"}]}],
         "initContainers": [{"name": "init", "envFrom": [{"secretRef": {"name": "d-tls"}}, {"configMapRef": {"name": "e"}}]}],
     }
-    assert _certs.referenced_secrets(spec) == {"a-tls", "b-tls", "c-tls", "d-tls"}
-    assert _certs.referenced_secrets({}) == set()
+    assert _cert_renew.referenced_secrets(spec) == {"a-tls", "b-tls", "c-tls", "d-tls"}
+    assert _cert_renew.referenced_secrets({}) == set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +235,7 @@ class _RacingClient:
 
     def replace(self, api_version, plural, body, namespace=None, **_kwargs):
         self.written.append(body["metadata"]["resourceVersion"])
-        raise _certs.K8sConflict("update Secret/auth/near-tls: conflict", status=409)
+        raise K8sConflict("update Secret/auth/near-tls: conflict", status=409)
 
 
 def test_secret_changed_between_read_and_write_is_not_overwritten(ca):
@@ -234,11 +251,14 @@ def test_secret_changed_between_read_and_write_is_not_overwritten(ca):
                        "tls.key": base64.b64encode(pem(key).encode()).decode()}}
     client = _RacingClient(secret)
     params = {"sources": [{"type": "tls_secret", "namespace": "auth", "name": "near-tls"}],
-              "issuer": {"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)},
-              "remaining_days": 30, "validity_days": 90, "key_type": "ecdsa-p256"}
-    result = _certs.Renewer(params, client, check_mode=False).run()
+              "issuer": {"type": "ca", "ca_cert": pem(ca_cert), "ca_key": pem(ca_key)}}
+    task = make_task("cert_renew", CertRenewOptions.from_params, params, clients={K8sClient.from_params: client})
+    with pytest.raises(RunbookError) as failed:
+        run_cert_renew(task)
     assert client.written == ["41"]  # written with the resourceVersion it was read with
-    assert "changed since it was read (resourceVersion 41)" in result["_fail_msg"]
+    assert "changed since it was read (resourceVersion 41)" in failed.value.msg
+    result = failed.value.details  # the partial result the task returns beside failed: true
+    assert result["api_requests"] == 2
     row = result["certificates"][0]
     assert row["renewed"] is False and row["new"] is None and "renewal failed" in row["msg"]
     assert result["changed"] is False and result["status"] == "critical"
@@ -254,34 +274,34 @@ def test_read_pem_file_refuses_devices_fifos_directories_and_huge_files(tmp_path
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     huge = tmp_path / "huge.pem"
-    huge.write_bytes(b"-" * (_certs.MAX_PEM_BYTES + 1))
+    huge.write_bytes(b"-" * (_cert_x509.MAX_PEM_BYTES + 1))
     for path, words in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"),
                         (tmp_path, "not a regular file"), (huge, "larger than any PEM file"),
                         (tmp_path / "missing", "No such file"), ("/tmp/a\x00b", "control character")):
         with pytest.raises(RunbookError, match=words):
-            _certs.read_pem_file(str(path), "issuer.ca_cert")
+            _cert_x509.read_pem_file(str(path), "issuer.ca_cert")
     (tmp_path / "ok.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
-    assert _certs.read_pem_file(str(tmp_path / "ok.pem")) == b"-----BEGIN CERTIFICATE-----\n"
+    assert _cert_x509.read_pem_file(str(tmp_path / "ok.pem")) == b"-----BEGIN CERTIFICATE-----\n"
 
 
 def test_text_or_file_never_shows_a_secret_that_is_no_path():
     secret = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg" * 3 + "\x00"
     with pytest.raises(RunbookError) as caught:
-        _certs.text_or_file(secret, "issuer.ca_key", secret=True)
+        _cert_x509.text_or_file(secret, "issuer.ca_key", secret=True)
     assert "MIGH" not in caught.value.msg and "issuer.ca_key holds no PEM text" in caught.value.msg
 
 
 def test_binary_pem_and_unusable_keys_are_refused():
     with pytest.raises(RunbookError, match="cannot parse the PEM certificate"):
-        _certs.load_certificates(b"-----BEGIN CERTIFICATE-----\n\xff\xfe\x00\n-----END CERTIFICATE-----\n", "f")
+        _cert_x509.load_certificates(b"-----BEGIN CERTIFICATE-----\n\xff\xfe\x00\n-----END CERTIFICATE-----\n", "f")
     with pytest.raises(RunbookError, match="not a readable PEM private key"):
-        _certs.load_private_key(b"\xff\xfe" * 100, "key_path")
+        _cert_x509.load_private_key(b"\xff\xfe" * 100, "key_path")
     from cryptography.hazmat.primitives.asymmetric import x25519
 
     x_key = x25519.X25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     with pytest.raises(RunbookError, match="only RSA, ECDSA and Ed25519 keys sign certificates"):
-        _certs.load_private_key(x_key, "issuer.ca_key")
+        _cert_x509.load_private_key(x_key, "issuer.ca_key")
 
 
 def test_write_together_leaves_every_file_when_one_cannot_be_written(tmp_path):
@@ -289,19 +309,19 @@ def test_write_together_leaves_every_file_when_one_cannot_be_written(tmp_path):
     key.write_bytes(b"old key")
     crt.write_bytes(b"old cert")
     with pytest.raises(RunbookError, match="cannot write %s.*nothing was written" % (tmp_path / "missing" / "ca.pem")):
-        _certs.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None),
-                               (str(tmp_path / "missing" / "ca.pem"), b"ca", None)])
+        _cert_files.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None),
+                                    (str(tmp_path / "missing" / "ca.pem"), b"ca", None)])
     assert key.read_bytes() == b"old key" and crt.read_bytes() == b"old cert"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.crt", "site.key"]
-    _certs.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None)])
+    _cert_files.write_together([(str(key), b"new key", 0o600), (str(crt), b"new cert", None)])
     assert key.read_bytes() == b"new key" and (key.stat().st_mode & 0o777) == 0o600
     assert crt.read_bytes() == b"new cert"
 
 
 def test_unwritable_names_the_reason(tmp_path):
-    assert _certs.unwritable(str(tmp_path / "new.pem")) is None
-    assert _certs.unwritable(str(tmp_path)) == "it is a directory"
-    assert _certs.unwritable(str(tmp_path / "no" / "x.pem")) == "its directory %s does not exist" % (tmp_path / "no")
+    assert _cert_files.unwritable(str(tmp_path / "new.pem")) is None
+    assert _cert_files.unwritable(str(tmp_path)) == "it is a directory"
+    assert _cert_files.unwritable(str(tmp_path / "no" / "x.pem")) == "its directory %s does not exist" % (tmp_path / "no")
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -314,7 +334,7 @@ def test_unwritable_names_the_reason(tmp_path):
 ])
 def test_numbers_out_of_range_are_refused(option, value, words):
     with pytest.raises(RunbookError, match=words):
-        _certs.Renewer({"sources": [], option: value}, None, check_mode=True)
+        options(**{option: value})
 
 
 @pytest.mark.parametrize("source, words", [
@@ -327,5 +347,70 @@ def test_numbers_out_of_range_are_refused(option, value, words):
 ])
 def test_hostile_source_values_are_refused(source, words):
     with pytest.raises(RunbookError) as caught:
-        _certs.Renewer({"sources": [source]}, object(), check_mode=True).validate_sources()
+        options(sources=[source])
     assert words in caught.value.msg
+
+
+# ----------------------------------------------------------------------------------------------
+# What the argument spec refuses, and what is left to the options
+
+
+@pytest.mark.parametrize("source, words", [
+    ({"type": "endpoint"}, "type is endpoint but all of the following are missing: host found in sources"),
+    ({"type": "file"}, "type is file but all of the following are missing: path found in sources"),
+    ({"type": "tls_secret", "namespace": "auth"},
+     "type is tls_secret but any of the following are missing: name, label_selector found in sources"),
+    ({"type": "certificate", "namespace": "auth"},
+     "type is certificate but any of the following are missing: name, all found in sources"),
+    ({"type": "tls_secret", "name": "a-tls"}, "missing parameter(s) required by 'name': namespace"),
+    ({"type": "tls_secret", "label_selector": "tls=internal"}, "required by 'label_selector': namespace"),
+    ({"type": "tls_secret", "namespace": "auth", "name": "a", "label_selector": "x=y"},
+     "parameters are mutually exclusive: name|label_selector found in sources"),
+    ({"type": "certificate", "namespace": "auth", "name": "a", "all": True},
+     "parameters are mutually exclusive: name|all found in sources"),
+    ({"type": "file", "key_path": "/k"}, "required by 'key_path': path"),
+    ({"type": "nonsense"}, "value of type must be one of"),
+])
+def test_the_argument_spec_refuses_incomplete_sources(source, words):
+    with pytest.raises(InvalidParams) as caught:
+        validated("cert_renew", {"sources": [source]})
+    assert words in str(caught.value)
+
+
+def test_a_ca_issuer_needs_its_certificate_and_key():
+    with pytest.raises(InvalidParams, match="type is ca but all of the following are missing: ca_cert, ca_key"):
+        validated("cert_renew", {"sources": [{"type": "file", "path": "/x"}], "issuer": {"type": "ca"}})
+
+
+@pytest.mark.parametrize("source, words", [
+    ({"type": "tls_secret", "namespace": "auth", "label_selector": "x=y", "all": True}, "use label_selector to select"),
+    ({"type": "certificate", "namespace": "auth", "label_selector": "x=y", "all": True}, "use name or all: true"),
+    ({"type": "certificate", "namespace": "auth", "all": False}, "sources[0] (type certificate) needs name or all: true"),
+])
+def test_what_the_spec_cannot_express_is_refused_by_the_options(source, words):
+    with pytest.raises(RunbookError, match=words.replace("(", "\\(").replace(")", "\\)").replace("[", "\\[")):
+        options(sources=[source])
+
+
+def test_defaults_come_from_the_argument_spec_and_kubernetes_is_only_for_its_sources():
+    opts = options()
+    assert (opts.remaining_days, opts.key_policy.validity_days, opts.key_policy.key_type) == (30, 90, "ecdsa-p256")
+    assert opts.sources[0].port == 443 and opts.wait_timeout == 300 and opts.connect_timeout == 10
+    assert opts.needs_kubernetes is False
+    assert options(sources=[{"type": "certificate", "all": True}]).needs_kubernetes is True
+
+
+def test_a_file_only_run_opens_no_kubernetes_client_and_says_what_it_did(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    (tmp_path / "far.crt").write_text(pem(make_cert("far", key, start=now - DAY, end=now + 200 * DAY)))
+
+    class Untouched:
+        requests = 99  # would show as api_requests had the run opened the client
+
+    task = make_task("cert_renew", CertRenewOptions.from_params, {"sources": [
+        {"type": "file", "path": str(tmp_path / "far.crt")}]}, clients={K8sClient.from_params: Untouched()})
+    result = run_cert_renew(task)
+    assert result["api_requests"] == 0 and result["changed"] is False
+    assert result["msg"] == "1 certificate checked, 0 due for renewal, 0 renewed; status ok"
+    assert "diff" not in result and task.warnings == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import typing as t
@@ -11,10 +12,13 @@ import pytest
 from joserfc.jwk import KeySet as JoseKeySet
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
-from ansible_collections.runbook.ops.plugins.module_utils._jwks import (
-    ALGORITHMS, Key, KeySet, Policy, _rollout_done, export_active, generate_jwk, plan, private_pem, public_jwk,
-    thumbprint,
+from ansible_collections.runbook.ops.plugins.module_utils._jwk import (
+    ALGORITHMS, export_active, generate_jwk, private_pem, public_jwk, thumbprint,
 )
+from ansible_collections.runbook.ops.plugins.module_utils._jwks import Key, KeySet, Policy, plan
+from ansible_collections.runbook.ops.plugins.module_utils._jwt_rotate import RotateOptions
+from ansible_collections.runbook.ops.plugins.module_utils._rollout import rollout_done
+from tests.harness.tasks import validated
 
 T0 = datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
 HOUR = 3600.0
@@ -28,6 +32,16 @@ def at(**delta: float) -> datetime.datetime:
 
 def size_for(alg: str) -> int:
     return 2048  # the smallest allowed RSA size keeps the tests fast
+
+
+def options(**params: t.Any) -> RotateOptions:
+    """Options as the module reads them: validated against its argument spec, defaults filled in."""
+    return RotateOptions.from_params(validated("jwt_rotate", dict({"namespace": "auth", "secret_name": "keys"}, **params)))
+
+
+def policy(algorithm: str, **seconds: t.Any) -> Policy:
+    """The module's default policy for ``algorithm``, with some fields (durations in seconds) replaced."""
+    return dataclasses.replace(options(algorithm=algorithm).policy, **seconds)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,8 +130,8 @@ def test_foreign_jwk_set_is_adopted_first_key_active():
 
 
 def test_dump_parse_round_trip_is_stable_and_active_first():
-    result = plan(KeySet(), Policy("ES256", prepublish=HOUR, rotate_after=DAY), T0)
-    later = plan(result.after, Policy("ES256", prepublish=HOUR, rotate_after=DAY), at(hours=23))
+    result = plan(KeySet(), policy("ES256", prepublish=HOUR, rotate_after=DAY), T0)
+    later = plan(result.after, policy("ES256", prepublish=HOUR, rotate_after=DAY), at(hours=23))
     text = later.after.dump()
     again = KeySet.parse(text, at(hours=23), DAY)
     assert again.dump() == text
@@ -131,7 +145,7 @@ def test_dump_parse_round_trip_is_stable_and_active_first():
 def es(**kwargs) -> Policy:
     kwargs.setdefault("rotate_after", 30 * DAY)
     kwargs.setdefault("grace_period", DAY)
-    return Policy("ES256", **kwargs)
+    return policy("ES256", **kwargs)
 
 
 def test_first_run_makes_one_active_key_and_second_run_changes_nothing():
@@ -158,29 +172,29 @@ def test_due_rotation_retires_old_key_for_the_grace_period_then_drops_it():
 
 
 def test_prepublish_publishes_next_before_activating_it():
-    policy = es(prepublish=2 * DAY)
-    first = plan(KeySet(), policy, T0).after
-    assert not plan(first, policy, at(days=27, hours=23)).changed
-    step = plan(first, policy, at(days=28))
+    prepublishing = es(prepublish=2 * DAY)
+    first = plan(KeySet(), prepublishing, T0).after
+    assert not plan(first, prepublishing, at(days=27, hours=23)).changed
+    step = plan(first, prepublishing, at(days=28))
     assert step.changed and not step.rotated and step.after.next is not None
     nxt = step.after.next.kid
     assert step.after.active.kid == first.active.kid
     # Due, but the next key is not yet old enough: nothing happens, the run says so.
-    created_late = plan(first, policy, at(days=29, hours=12))
-    pending = plan(created_late.after, policy, at(days=30))
+    created_late = plan(first, prepublishing, at(days=29, hours=12))
+    pending = plan(created_late.after, prepublishing, at(days=30))
     assert pending.pending and not pending.changed and pending.next_rotation == at(days=31, hours=12)
     # Old enough and due: it becomes active, the old key retires.
-    done = plan(step.after, policy, at(days=30))
+    done = plan(step.after, prepublishing, at(days=30))
     assert done.rotated and done.after.active.kid == nxt and done.after.next is None
     assert [k.kid for k in done.after.by_state("retired")] == [first.active.kid]
 
 
 def test_force_rotates_now_and_prefers_the_published_next_key():
-    policy = es(prepublish=2 * DAY)
-    first = plan(KeySet(), policy, T0).after
+    prepublishing = es(prepublish=2 * DAY)
+    first = plan(KeySet(), prepublishing, T0).after
     forced = plan(first, es(force=True, prepublish=2 * DAY), at(hours=1))
     assert forced.rotated and forced.generated == [forced.after.active.kid]
-    staged = plan(first, policy, at(days=28)).after
+    staged = plan(first, prepublishing, at(days=28)).after
     forced = plan(staged, es(force=True, prepublish=2 * DAY), at(days=28, minutes=1))
     assert forced.rotated and forced.after.active.kid == staged.next.kid and forced.generated == []
 
@@ -195,8 +209,8 @@ def test_revoke_all_with_force_leaves_one_new_key():
 
 
 def test_revoking_the_active_key_promotes_next():
-    policy = es(prepublish=2 * DAY)
-    staged = plan(plan(KeySet(), policy, T0).after, policy, at(days=28)).after
+    prepublishing = es(prepublish=2 * DAY)
+    staged = plan(plan(KeySet(), prepublishing, T0).after, prepublishing, at(days=28)).after
     result = plan(staged, es(prepublish=2 * DAY, revoke=[staged.active.kid]), at(days=28, hours=1))
     assert result.revoked == [staged.active.kid] and result.after.active.kid == staged.next.kid
     assert result.after.by_state("retired") == []
@@ -250,17 +264,17 @@ def test_removed_history_is_bounded():
 
 def test_prepublish_longer_than_rotate_after_is_refused():
     with pytest.raises(RunbookError, match="prepublish 2d is longer than rotate_after 1d"):
-        Policy("ES256", rotate_after=DAY, prepublish=2 * DAY)
-    assert Policy("ES256", rotate_after=DAY, prepublish=DAY).prepublish == DAY
+        policy("ES256", rotate_after=DAY, prepublish=2 * DAY)
+    assert policy("ES256", rotate_after=DAY, prepublish=DAY).prepublish == DAY
     with pytest.raises(RunbookError, match="rotate_after must be longer than 0"):
-        Policy("ES256", rotate_after=0)
+        policy("ES256", rotate_after=0)
 
 
 def test_rsa_key_size_is_bounded():
     with pytest.raises(RunbookError, match="too small"):
-        Policy("RS256", key_size=1024)
+        policy("RS256", key_size=1024)
     with pytest.raises(RunbookError, match="too large for RS256: at most 8192"):
-        Policy("RS256", key_size=100000)
+        policy("RS256", key_size=100000)
 
 
 def test_a_damaged_stored_key_is_refused_not_crashed_on():
@@ -291,29 +305,23 @@ def test_a_damaged_stored_key_is_refused_not_crashed_on():
     ("restart", [{"name": "Web", "kind": "Deployment"}], "restart[0].name"),
 ])
 def test_hostile_options_are_refused_before_anything_is_read(option, value, words):
-    from ansible_collections.runbook.ops.plugins.module_utils._jwks import _read_options
-
-    params = {"namespace": "auth", "secret_name": "keys", "secret_key": "jwks.json", "algorithm": "ES256",
-              "key_size": 3072, "rotate_after": "30d", "grace_period": "24h", "prepublish": "0", "revoke": [],
-              "wait_timeout": 300}
-    params[option] = value
     with pytest.raises(RunbookError, match=words.replace("[", "\\[").replace(".", "\\.")):
-        _read_options(params)
+        options(**{"algorithm": "ES256", option: value})
 
 
 def test_algorithm_change_rotates_and_discards_a_next_key_of_the_old_algorithm():
-    policy = es(prepublish=2 * DAY)
-    staged = plan(plan(KeySet(), policy, T0).after, policy, at(days=28)).after
-    result = plan(staged, Policy("EdDSA", rotate_after=30 * DAY, grace_period=DAY), at(days=28, hours=1))
+    prepublishing = es(prepublish=2 * DAY)
+    staged = plan(plan(KeySet(), prepublishing, T0).after, prepublishing, at(days=28)).after
+    result = plan(staged, policy("EdDSA", rotate_after=30 * DAY, grace_period=DAY), at(days=28, hours=1))
     assert staged.next.kid in result.dropped
     assert result.rotated and result.after.active.alg == "EdDSA"
     assert result.after.by_state("retired")[0].alg == "ES256"
 
 
 def test_public_set_holds_next_active_retired_without_private_members_or_hmac():
-    policy = es(prepublish=2 * DAY)
-    first = plan(KeySet(), policy, T0).after
-    rotated = plan(plan(first, es(force=True, grace_period=40 * DAY), at(days=1)).after, policy, at(days=29)).after
+    prepublishing = es(prepublish=2 * DAY)
+    first = plan(KeySet(), prepublishing, T0).after
+    rotated = plan(plan(first, es(force=True, grace_period=40 * DAY), at(days=1)).after, prepublishing, at(days=29)).after
     states = [k.state for k in rotated.sorted().keys]
     assert states == ["active", "next", "retired"]
     hmac = Key(generate_jwk("HS256"), "retired", T0, T0, at(days=40))
@@ -335,7 +343,7 @@ def test_two_active_keys_written_by_hand_are_repaired():
 
 def test_negative_durations_are_refused():
     with pytest.raises(RunbookError, match="grace_period must not be negative"):
-        Policy("ES256", grace_period=-1)
+        policy("ES256", grace_period=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,25 +359,48 @@ def deployment_obj(generation: int = 2, observed: int = 2, replicas: int = 2, up
 
 
 def test_deployment_rollout_status():
-    assert _rollout_done("Deployment", deployment_obj(), 2) == (True, "")
-    assert _rollout_done("Deployment", deployment_obj(observed=1), 2)[0] is False
-    assert _rollout_done("Deployment", deployment_obj(updated=1), 2) == (False, "1 of 2 new replicas updated")
-    assert _rollout_done("Deployment", deployment_obj(total=3), 2) == (False, "1 old replicas pending termination")
-    assert _rollout_done("Deployment", deployment_obj(available=1), 2) == (False, "1 of 2 updated replicas available")
+    assert rollout_done("Deployment", deployment_obj(), 2) == (True, "")
+    assert rollout_done("Deployment", deployment_obj(observed=1), 2)[0] is False
+    assert rollout_done("Deployment", deployment_obj(updated=1), 2) == (False, "1 of 2 new replicas updated")
+    assert rollout_done("Deployment", deployment_obj(total=3), 2) == (False, "1 old replicas pending termination")
+    assert rollout_done("Deployment", deployment_obj(available=1), 2) == (False, "1 of 2 updated replicas available")
     stuck = deployment_obj(updated=1, conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded",
                                                    "message": "ReplicaSet api-2 has timed out progressing."}])
     with pytest.raises(RunbookError, match="rollout of Deployment/auth/api failed: ReplicaSet api-2 has timed out"):
-        _rollout_done("Deployment", stuck, 2)
+        rollout_done("Deployment", stuck, 2)
 
 
 def test_statefulset_and_daemonset_rollout_status():
     sts = {"spec": {"replicas": 2}, "status": {"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1,
                                                "currentRevision": "a", "updateRevision": "b"}}
-    assert _rollout_done("StatefulSet", sts, 3) == (False, "1 of 2 replicas updated")
+    assert rollout_done("StatefulSet", sts, 3) == (False, "1 of 2 replicas updated")
     sts["status"]["currentRevision"] = "b"
-    assert _rollout_done("StatefulSet", sts, 3) == (True, "")
+    assert rollout_done("StatefulSet", sts, 3) == (True, "")
     ds = {"spec": {}, "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3,
                                  "numberAvailable": 2}}
-    assert _rollout_done("DaemonSet", ds, 1) == (False, "2 of 3 updated pods available")
+    assert rollout_done("DaemonSet", ds, 1) == (False, "2 of 3 updated pods available")
     ds["status"]["numberAvailable"] = 3
-    assert _rollout_done("DaemonSet", ds, 1) == (True, "")
+    assert rollout_done("DaemonSet", ds, 1) == (True, "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Options
+
+
+def test_options_take_their_defaults_from_the_argument_spec():
+    opts = options()
+    assert (opts.policy.algorithm, opts.policy.key_size) == ("RS256", 3072)
+    assert (opts.policy.rotate_after, opts.policy.grace_period, opts.policy.prepublish) == (30 * DAY, DAY, 0.0)
+    assert opts.secret_key == "jwks.json" and opts.wait_timeout == 300 and opts.public_jwks is None
+    copies = options(algorithm="HS256", active_key_secret={"name": "env"}, restart=[{"name": "api", "namespace": "web"}])
+    assert copies.active_format == "raw" and copies.active_key_secret.key == "jwt-secret"
+    assert copies.active_key_secret.namespace == "auth"
+    assert [w.ref for w in copies.restart] == ["Deployment/web/api"]
+    assert options(public_jwks={"name": "pub"}).public_jwks.kind == "ConfigMap"
+
+
+def test_publishing_an_hmac_key_is_refused_before_anything_is_read():
+    with pytest.raises(RunbookError, match="public_jwks cannot be used with HS256"):
+        options(algorithm="HS256", public_jwks={"name": "pub"})
+    with pytest.raises(RunbookError, match="format pem is only for asymmetric keys"):
+        options(algorithm="HS512", active_key_secret={"name": "env", "format": "pem"})
