@@ -226,7 +226,7 @@ def run_cert_renew(task: Task[CertRenewOptions]) -> Result:
         raise
     if ctx.ledger.failures:
         # Every result is returned; the failed renewals' messages replace the summary.
-        raise RunbookError("; ".join(ctx.ledger.failures), **{k: v for k, v in result.items() if k != "msg"})
+        raise RunbookError.keeping("; ".join(ctx.ledger.failures), result)
     return result
 
 

@@ -44,10 +44,14 @@ class RunbookError(Exception):
     result (what was done or found before the failure), returned beside ``failed: true``."""
 
     def __init__(self, msg: str, /, **details: t.Any) -> None:
-        # ``msg`` is positional-only so a whole result (with its own ``msg``) can be the details.
         super().__init__(msg)
         self.msg = msg
         self.details = details
+
+    @classmethod
+    def keeping(cls, msg: str, result: t.Mapping[str, t.Any]) -> "RunbookError":
+        """Fail with ``msg`` and keep ``result`` (its own ``msg``, the success summary, gives way)."""
+        return cls(msg, **{key: value for key, value in result.items() if key != "msg"})
 
 
 def parse_duration(value: t.Union[str, int, float, None], option: str = "duration") -> t.Optional[float]:

@@ -385,7 +385,7 @@ def rotate(task: Task[RotateOptions]) -> Result:
     result["api_requests"] = client.requests
     if failure:
         # The keys stay rotated and every result is returned; the rollout's failure replaces the message.
-        raise RunbookError(failure, **{k: v for k, v in result.items() if k != "msg"})
+        raise RunbookError.keeping(failure, result)
     return result
 
 

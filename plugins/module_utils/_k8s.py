@@ -3,40 +3,46 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How runbook.ops talks to Kubernetes: one small client over HTTPS that reads and writes raw JSON.
 
-* Connection settings come from the same options as kubernetes.core (``kubeconfig``, ``context``,
-  ``host``, ``api_key``, ``validate_certs``, ``ca_cert``, ``client_cert``, ``client_key``) plus
-  ``request_timeout``; the ``K8S_AUTH_*`` environment variables are the fallbacks (wired in the
-  argument spec), then ``$KUBECONFIG`` / ``~/.kube/config``, then the in-cluster service account.
+* Connection settings come from the same options as kubernetes.core (see ``_kubeconfig``, which
+  resolves them; its public names are re-exported here).
 * Objects stay plain dicts: no model classes, so a list of thousands of Pods costs one
   ``json.loads``. Lists are paged with ``limit``/``continue``.
 * 429, 5xx and connection errors are retried with bounded backoff (only where repeating the
   request is safe); 401/403/404/409 and unreachable servers raise :class:`K8sError` subclasses
   whose message names the operation, the object and the cause.
-* ``requests`` counts every HTTP request sent, so modules can report what they cost.
+* ``requests`` counts every HTTP request sent, so modules report what they cost
+  (:func:`reports_api_requests`).
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import http.client
 import json
-import math
-import os
 import socket
 import ssl
-import subprocess
-import tempfile
 import time
 import typing as t
 import urllib.parse
 
-from ansible.module_utils.basic import env_fallback
-
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, RunbookModule, explain_tls_failure
+from ansible_collections.runbook.ops.plugins.module_utils._common import (
+    Result, RunbookError, RunbookModule, Task, explain_tls_failure,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._kubeconfig import (
+    AUTH_OPTIONS, DEFAULT_TIMEOUT, ConnectionSettings, inline_kubeconfig_secrets, k8s_auth_argspec, resolve_settings,
+    ssl_context,
+)
 from ansible_collections.runbook.ops.plugins.module_utils._names import k8s_name, no_control
 
-IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-DEFAULT_TIMEOUT = 30.0
+# Moved to _kubeconfig; importable from here as before.
+__all__ = ["AUTH_OPTIONS", "DEFAULT_TIMEOUT", "ConnectionSettings", "inline_kubeconfig_secrets", "k8s_auth_argspec",
+           "resolve_settings", "K8sClient", "K8sError", "K8sUnauthorized", "K8sForbidden", "K8sNotFound",
+           "K8sConflict", "K8sGone", "K8sUnreachable", "K8sObject", "k8s_module", "client_from_module",
+           "reports_api_requests", "api_prefix", "resource_path", "object_ref"]
+
+K8sObject = t.Dict[str, t.Any]
+"""A Kubernetes object (or any JSON object the API server sends), as decoded."""
+
 DEFAULT_PAGE_SIZE = 500
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 IDEMPOTENT_METHODS = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
@@ -47,25 +53,6 @@ PATCH_CONTENT_TYPES = {
     "json": "application/json-patch+json",
     "apply": "application/apply-patch+yaml",
 }
-
-
-def k8s_auth_argspec() -> t.Dict[str, dict]:
-    """Argument spec of the ``runbook.ops.k8s_auth`` doc fragment; use ``dict(**k8s_auth_argspec(), ...)``."""
-    return dict(
-        kubeconfig=dict(type="raw", fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG"])),
-        context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
-        host=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_HOST"])),
-        api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_API_KEY"])),
-        validate_certs=dict(type="bool", aliases=["verify_ssl"], fallback=(env_fallback, ["K8S_AUTH_VERIFY_SSL"])),
-        ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=(env_fallback, ["K8S_AUTH_SSL_CA_CERT"])),
-        client_cert=dict(type="path", aliases=["cert_file"], fallback=(env_fallback, ["K8S_AUTH_CERT_FILE"])),
-        client_key=dict(type="path", aliases=["key_file"], no_log=False,
-                        fallback=(env_fallback, ["K8S_AUTH_KEY_FILE"])),
-        request_timeout=dict(type="float", default=DEFAULT_TIMEOUT, fallback=(env_fallback, ["K8S_AUTH_REQUEST_TIMEOUT"])),
-    )
-
-
-AUTH_OPTIONS = tuple(k8s_auth_argspec())
 
 
 def k8s_module(**kwargs: t.Any) -> RunbookModule:
@@ -122,312 +109,6 @@ _STATUS_WORDS = {
     422: "invalid",
     429: "too many requests",
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Connection settings
-
-
-class ConnectionSettings:
-    """Where the API server is and how to authenticate; built by :func:`resolve_settings`."""
-
-    def __init__(self) -> None:
-        self.host: str = ""
-        self.token: t.Optional[str] = None
-        self.token_file: t.Optional[str] = None
-        self.verify: bool = True
-        self.ca_file: t.Optional[str] = None
-        self.ca_data: t.Optional[bytes] = None
-        self.client_cert_file: t.Optional[str] = None
-        self.client_key_file: t.Optional[str] = None
-        self.client_cert_data: t.Optional[bytes] = None
-        self.client_key_data: t.Optional[bytes] = None
-        self.tls_server_name: t.Optional[str] = None
-        self.timeout: float = DEFAULT_TIMEOUT
-        self.context: t.Optional[str] = None
-        self.source: str = "options"
-
-    def describe(self) -> str:
-        return self.host + (" (context %s)" % self.context if self.context else "")
-
-
-def _expand(path: str, base: t.Optional[str]) -> str:
-    path = os.path.expanduser(path)
-    if base and not os.path.isabs(path):
-        path = os.path.join(os.path.dirname(base), path)
-    return path
-
-
-def _load_yaml(path: str) -> dict:
-    import yaml  # ansible-core depends on PyYAML
-
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise RunbookError("cannot read kubeconfig %s: %s" % (path, exc.strerror or exc))
-    except UnicodeDecodeError:
-        raise RunbookError("kubeconfig %s is not a text file (binary content)" % path)
-    except yaml.YAMLError as exc:
-        raise RunbookError("kubeconfig %s is not valid YAML: %s" % (path, exc))
-    if not isinstance(data, dict):
-        raise RunbookError("kubeconfig %s is not a kubeconfig (expected a mapping)" % path)
-    return data
-
-
-def _kubeconfig_documents(kubeconfig: t.Any) -> t.List[t.Tuple[dict, t.Optional[str]]]:
-    """``(document, path)`` pairs: the ``kubeconfig`` option (path or dict), else ``$KUBECONFIG``
-    (every existing path, merged like kubectl: the first definition of a name wins), else
-    ``~/.kube/config``. Empty when none exists."""
-    if isinstance(kubeconfig, dict):
-        return [(kubeconfig, None)]
-    if kubeconfig and not isinstance(kubeconfig, str):
-        raise RunbookError("kubeconfig must be a file path or a kubeconfig dictionary, not a %s" % type(kubeconfig).__name__)
-    if kubeconfig:
-        path = os.path.expanduser(str(kubeconfig))
-        if not os.path.exists(path):
-            raise RunbookError("kubeconfig %s does not exist" % path)
-        return [(_load_yaml(path), path)]
-    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
-    if not paths:
-        paths = [os.path.expanduser("~/.kube/config")]
-    return [(_load_yaml(p), p) for p in paths if os.path.exists(p)]
-
-
-def _named(docs: t.List[t.Tuple[dict, t.Optional[str]]], section: str, name: str) -> t.Tuple[t.Optional[dict], t.Optional[str]]:
-    for doc, path in docs:
-        for entry in doc.get(section) or []:
-            if isinstance(entry, dict) and entry.get("name") == name:
-                inner = entry.get(section[:-1]) or {}
-                return inner, path
-    return None, None
-
-
-def _from_kubeconfig(settings: ConnectionSettings, docs: t.List[t.Tuple[dict, t.Optional[str]]],
-                     context: t.Optional[str]) -> None:
-    if not context:
-        context = next((doc.get("current-context") for doc, _path in docs if doc.get("current-context")), None)
-    where = ", ".join(p or "(inline kubeconfig)" for _doc, p in docs)
-    if not context:
-        raise RunbookError("kubeconfig %s has no current-context; set the context option" % where)
-    ctx = _named(docs, "contexts", context)[0]
-    if ctx is None:
-        names = sorted({e.get("name") for d, _path in docs for e in d.get("contexts") or [] if isinstance(e, dict)})
-        raise RunbookError("context %r not found in kubeconfig %s (available: %s)"
-                           % (context, where, ", ".join(names) or "none"))
-    settings.context = context
-    settings.source = "kubeconfig %s" % where
-    cluster, cluster_path = _named(docs, "clusters", ctx.get("cluster", ""))
-    if cluster is None:
-        raise RunbookError("context %r refers to cluster %r, which kubeconfig %s does not define"
-                           % (context, ctx.get("cluster"), where))
-    settings.host = cluster.get("server", "")
-    if cluster.get("insecure-skip-tls-verify"):
-        settings.verify = False
-    if cluster.get("certificate-authority-data"):
-        settings.ca_data = base64.b64decode(cluster["certificate-authority-data"])
-    elif cluster.get("certificate-authority"):
-        settings.ca_file = _expand(cluster["certificate-authority"], cluster_path)
-    settings.tls_server_name = cluster.get("tls-server-name")
-    user, user_path = _named(docs, "users", ctx.get("user", ""))
-    if user is None:
-        if ctx.get("user"):
-            raise RunbookError("context %r refers to user %r, which kubeconfig %s does not define"
-                               % (context, ctx.get("user"), where))
-        return
-    if user.get("token"):
-        settings.token = user["token"]
-    elif user.get("tokenFile"):
-        settings.token_file = _expand(user["tokenFile"], user_path)
-    if user.get("client-certificate-data"):
-        settings.client_cert_data = base64.b64decode(user["client-certificate-data"])
-    elif user.get("client-certificate"):
-        settings.client_cert_file = _expand(user["client-certificate"], user_path)
-    if user.get("client-key-data"):
-        settings.client_key_data = base64.b64decode(user["client-key-data"])
-    elif user.get("client-key"):
-        settings.client_key_file = _expand(user["client-key"], user_path)
-    if user.get("exec"):
-        _run_exec_plugin(settings, user["exec"], context)
-    elif user.get("auth-provider"):
-        raise RunbookError("context %r uses the legacy auth-provider %r, which is not supported; use an exec "
-                           "credential plugin or a token" % (context, (user["auth-provider"] or {}).get("name")))
-
-
-def _run_exec_plugin(settings: ConnectionSettings, spec: dict, context: str) -> None:
-    """Run a client-go exec credential plugin (EKS, GKE, OIDC helpers) and take its token or cert."""
-    command = spec.get("command")
-    if not command:
-        raise RunbookError("context %r: exec credential plugin has no command" % context)
-    env = dict(os.environ)
-    for item in spec.get("env") or []:
-        env[item["name"]] = item["value"]
-    env["KUBERNETES_EXEC_INFO"] = json.dumps({
-        "apiVersion": spec.get("apiVersion", "client.authentication.k8s.io/v1"),
-        "kind": "ExecCredential", "spec": {"interactive": False}})
-    try:
-        proc = subprocess.run([command] + list(spec.get("args") or []), capture_output=True, env=env,
-                              timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RunbookError("context %r: exec credential plugin %s failed: %s" % (context, command, exc))
-    if proc.returncode != 0:
-        raise RunbookError("context %r: exec credential plugin %s exited %d: %s"
-                           % (context, command, proc.returncode, proc.stderr.decode(errors="replace").strip()[-500:]))
-    try:
-        status = json.loads(proc.stdout)["status"]
-    except (ValueError, KeyError, TypeError):
-        raise RunbookError("context %r: exec credential plugin %s printed no ExecCredential status" % (context, command))
-    if status.get("token"):
-        settings.token = status["token"]
-    if status.get("clientCertificateData"):
-        settings.client_cert_data = status["clientCertificateData"].encode()
-        settings.client_key_data = (status.get("clientKeyData") or "").encode()
-
-
-def _in_cluster(settings: ConnectionSettings) -> bool:
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-    token_file = os.path.join(IN_CLUSTER_DIR, "token")
-    if not (host and port and os.path.exists(token_file)):
-        return False
-    if ":" in host:
-        host = "[%s]" % host
-    settings.host = "https://%s:%s" % (host, port)
-    settings.token_file = token_file
-    ca_file = os.path.join(IN_CLUSTER_DIR, "ca.crt")
-    if os.path.exists(ca_file):
-        settings.ca_file = ca_file
-    settings.source = "in-cluster service account"
-    return True
-
-
-def request_timeout(value: t.Any) -> float:
-    """``request_timeout`` (or K8S_AUTH_REQUEST_TIMEOUT) as positive seconds; empty means the default."""
-    if value is None or value == "":
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise RunbookError("request_timeout %r is not a number of seconds" % (value,))
-    if math.isnan(seconds) or seconds <= 0 or math.isinf(seconds):
-        raise RunbookError("request_timeout must be a positive number of seconds, got %r" % (value,))
-    return seconds
-
-
-# Keys of a kubeconfig user entry that name no secret; every other string under ``users`` is masked.
-_PUBLIC_USER_KEYS = frozenset(("username", "command", "apiVersion", "interactiveMode", "installHint", "client-certificate",
-                               "client-key", "tokenFile", "provideClusterInfo", "name", "as", "as-uid", "args"))
-
-
-def inline_kubeconfig_secrets(params: t.Mapping[str, t.Any]) -> t.List[str]:
-    """Credentials inside a ``kubeconfig`` given as a dict (tokens, keys, passwords, exec env values,
-    auth-provider config), to be masked in every output like a ``no_log`` option's value. The
-    option itself is not ``no_log``: a kubeconfig path is no secret and names the file in messages."""
-    kubeconfig = params.get("kubeconfig")
-    found: t.List[str] = []
-    if not isinstance(kubeconfig, dict):
-        return found
-
-    def walk(value: t.Any, key: str) -> None:
-        if isinstance(value, dict):
-            for child_key, child in value.items():
-                walk(child, str(child_key))
-        elif isinstance(value, list):
-            for child in value:
-                walk(child, key)
-        elif value is not None and key not in _PUBLIC_USER_KEYS:
-            text = str(value)
-            if len(text) >= 4:
-                found.append(text)
-
-    for entry in kubeconfig.get("users") or []:
-        if isinstance(entry, dict):
-            walk(entry.get("user"), "user")
-    return found
-
-
-def resolve_settings(params: t.Mapping[str, t.Any]) -> ConnectionSettings:
-    """Turn the auth options into :class:`ConnectionSettings`.
-
-    Order, as kubernetes.core does it: explicit options (their ``K8S_AUTH_*`` fallbacks are applied
-    by the argument spec) override what the kubeconfig says; the kubeconfig is the ``kubeconfig``
-    option, else ``$KUBECONFIG``, else ``~/.kube/config``; without any of them and without ``host``,
-    the in-cluster service account is used.
-    """
-    settings = ConnectionSettings()
-    settings.timeout = request_timeout(params.get("request_timeout"))
-    kubeconfig, context = params.get("kubeconfig"), params.get("context")
-    if kubeconfig or context or not params.get("host"):
-        docs = _kubeconfig_documents(kubeconfig)
-        if docs:
-            try:
-                _from_kubeconfig(settings, docs, context)
-            except (AttributeError, TypeError, ValueError) as exc:
-                # A section of the wrong shape (a string where a mapping belongs, bad base64 data).
-                raise RunbookError("kubeconfig %s is malformed: %s (%s)" % (
-                    ", ".join(p or "(inline kubeconfig)" for _doc, p in docs), type(exc).__name__,
-                    "a value has the wrong type or encoding"))
-        elif context:
-            raise RunbookError("context %r was given but no kubeconfig was found (set kubeconfig or $KUBECONFIG)" % context)
-        elif not params.get("host") and not _in_cluster(settings):
-            raise RunbookError("no Kubernetes API server configured: set host (K8S_AUTH_HOST) or kubeconfig "
-                               "(K8S_AUTH_KUBECONFIG, $KUBECONFIG, ~/.kube/config), or run in a Pod")
-    if params.get("host"):
-        settings.host = params["host"]
-    if params.get("api_key"):
-        settings.token, settings.token_file = params["api_key"], None
-    if params.get("ca_cert"):
-        settings.ca_file, settings.ca_data = params["ca_cert"], None
-    if params.get("client_cert"):
-        settings.client_cert_file, settings.client_cert_data = params["client_cert"], None
-    if params.get("client_key"):
-        settings.client_key_file, settings.client_key_data = params["client_key"], None
-    if params.get("validate_certs") is not None:
-        settings.verify = bool(params["validate_certs"])
-    if not settings.host:
-        raise RunbookError("no Kubernetes API server address: the %s gives none and host is not set" % settings.source)
-    if "://" not in settings.host:
-        settings.host = "https://" + settings.host
-    settings.host = settings.host.rstrip("/")
-    return settings
-
-
-def _ssl_context(settings: ConnectionSettings) -> ssl.SSLContext:
-    if not settings.verify:
-        context = ssl._create_unverified_context()  # pylint: disable=protected-access  # nosec: validate_certs=false
-    else:
-        try:
-            context = ssl.create_default_context(
-                cafile=settings.ca_file, cadata=settings.ca_data.decode() if settings.ca_data else None)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise RunbookError("cannot load the CA certificate %s: %s" % (settings.ca_file or "(kubeconfig data)", exc))
-    cert_file, key_file = settings.client_cert_file, settings.client_key_file
-    if settings.client_cert_data or cert_file:
-        tmpdir = None
-        try:
-            if settings.client_cert_data or settings.client_key_data:
-                # load_cert_chain only reads files: a 0600 file in a private directory, removed at once.
-                tmpdir = tempfile.mkdtemp(prefix="runbook-k8s-")
-                if settings.client_cert_data:
-                    cert_file = os.path.join(tmpdir, "client.crt")
-                    _write_private(cert_file, settings.client_cert_data)
-                if settings.client_key_data:
-                    key_file = os.path.join(tmpdir, "client.key")
-                    _write_private(key_file, settings.client_key_data)
-            context.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise RunbookError("cannot load the client certificate %s: %s" % (settings.client_cert_file or "(kubeconfig data)", exc))
-        finally:
-            if tmpdir:
-                for name in os.listdir(tmpdir):
-                    os.unlink(os.path.join(tmpdir, name))
-                os.rmdir(tmpdir)
-    return context
-
-
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,7 +195,7 @@ class K8sClient:
         self._netloc = parsed.hostname or ""
         self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
         self._base_path = parsed.path.rstrip("/")
-        self._ssl = _ssl_context(settings) if parsed.scheme == "https" else None
+        self._ssl = ssl_context(settings) if parsed.scheme == "https" else None
         self._conn: t.Optional[http.client.HTTPConnection] = None
         self._discovery: t.Dict[str, t.Optional[t.Dict[str, t.Tuple[str, bool]]]] = {}
 
@@ -551,6 +232,22 @@ class K8sClient:
                 raise RunbookError("cannot read the token file %s: %s" % (self.settings.token_file, exc.strerror))
         return None
 
+    def _url(self, path: str, query: t.Optional[t.Mapping[str, t.Any]]) -> str:
+        url = self._base_path + path
+        pairs = [(k, v if not isinstance(v, bool) else str(v).lower()) for k, v in (query or {}).items() if v is not None]
+        if pairs:
+            url += "?" + urllib.parse.urlencode(pairs)
+        return url
+
+    def _headers(self, raw: bool, content_type: t.Optional[str]) -> t.Dict[str, str]:
+        headers = {"Accept": "*/*" if raw else "application/json", "User-Agent": self.user_agent}
+        if content_type:
+            headers["Content-Type"] = content_type
+        token = self._token()
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        return headers
+
     def request(self, method: str, path: str, query: t.Optional[t.Mapping[str, t.Any]] = None,
                 body: t.Any = None, content_type: str = "application/json", what: str = "",
                 raw: bool = False, retry: bool = True) -> t.Any:
@@ -560,19 +257,11 @@ class K8sClient:
         ``raw`` returns the body as bytes (Pod logs are not JSON); ``retry=False`` makes one attempt,
         for reads whose failure is itself worth reporting at once.
         """
-        url = self._base_path + path
-        if query:
-            pairs = [(k, v if not isinstance(v, bool) else str(v).lower()) for k, v in query.items() if v is not None]
-            if pairs:
-                url += "?" + urllib.parse.urlencode(pairs)
+        url = self._url(path, query)
         payload: t.Optional[bytes] = None
-        headers = {"Accept": "*/*" if raw else "application/json", "User-Agent": self.user_agent}
         if body is not None:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        token = self._token()
-        if token:
-            headers["Authorization"] = "Bearer " + token
+        headers = self._headers(raw, content_type if payload is not None else None)
         what = what or "%s %s" % (method, path)
         retries = self.retries if retry else 0
         attempt = 0
@@ -611,6 +300,10 @@ class K8sClient:
                 self._sleep(attempt, retry_after)
                 continue
             raise self._error(status, data, what)
+
+    def _object(self, method: str, path: str, **kwargs: t.Any) -> K8sObject:
+        """:meth:`request` for an answer that is one JSON object."""
+        return t.cast(K8sObject, self.request(method, path, **kwargs))
 
     def _sleep(self, attempt: int, retry_after: t.Optional[float]) -> None:
         delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
@@ -666,10 +359,10 @@ class K8sClient:
     # -- reads ----------------------------------------------------------------------------------
 
     def get(self, api_version: str, plural: str, name: str, namespace: t.Optional[str] = None,
-            subresource: t.Optional[str] = None, missing_ok: bool = False) -> t.Optional[dict]:
+            subresource: t.Optional[str] = None, missing_ok: bool = False) -> t.Optional[K8sObject]:
         """One object; with ``missing_ok`` None instead of :class:`K8sNotFound`."""
         try:
-            return self.request("GET", resource_path(api_version, plural, namespace, name, subresource),
+            return self._object("GET", resource_path(api_version, plural, namespace, name, subresource),
                                 what=self._describe("get", api_version, plural, name, namespace))
         except K8sNotFound:
             if missing_ok:
@@ -678,7 +371,7 @@ class K8sClient:
 
     def list(self, api_version: str, plural: str, namespace: t.Optional[str] = None,
              label_selector: t.Optional[str] = None, field_selector: t.Optional[str] = None,
-             page_size: int = DEFAULT_PAGE_SIZE) -> t.List[dict]:
+             page_size: int = DEFAULT_PAGE_SIZE) -> t.List[K8sObject]:
         """All items, following ``continue`` tokens; ``namespace=None`` lists across all namespaces.
 
         Items get ``apiVersion`` and ``kind`` set (list responses leave them out). If a ``continue``
@@ -687,7 +380,7 @@ class K8sClient:
         path = resource_path(api_version, plural, namespace)
         what = self._describe("list", api_version, plural, None, namespace)
         for restart in (0, 1):
-            items: t.List[dict] = []
+            items: t.List[K8sObject] = []
             token: t.Optional[str] = None
             kind = ""
             try:
@@ -714,7 +407,7 @@ class K8sClient:
 
     def list_namespaces(self, api_version: str, plural: str, namespaces: t.Optional[t.Sequence[str]] = None,
                         label_selector: t.Optional[str] = None, field_selector: t.Optional[str] = None,
-                        ) -> t.Tuple[t.Dict[str, t.List[dict]], t.Dict[str, K8sError]]:
+                        ) -> t.Tuple[t.Dict[str, t.List[K8sObject]], t.Dict[str, K8sError]]:
         """List a namespaced resource in several namespaces with as few requests as the credentials allow.
 
         Returns ``(items_by_namespace, errors_by_namespace)``. ``namespaces=None`` means all. One list
@@ -724,7 +417,7 @@ class K8sClient:
         the errors; anything else raises.
         """
         wanted = None if namespaces is None else list(dict.fromkeys(namespaces))
-        by_ns: t.Dict[str, t.List[dict]] = {ns: [] for ns in wanted or []}
+        by_ns: t.Dict[str, t.List[K8sObject]] = {ns: [] for ns in wanted or []}
         errors: t.Dict[str, K8sError] = {}
         if wanted is not None and len(wanted) == 1:
             try:
@@ -757,33 +450,33 @@ class K8sClient:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def create(self, api_version: str, plural: str, body: dict, namespace: t.Optional[str] = None,
-               dry_run: bool = False) -> dict:
+    def create(self, api_version: str, plural: str, body: K8sObject, namespace: t.Optional[str] = None,
+               dry_run: bool = False) -> K8sObject:
         namespace = namespace or (body.get("metadata") or {}).get("namespace")
         name = (body.get("metadata") or {}).get("name") or (body.get("metadata") or {}).get("generateName", "")
         body = dict(body, apiVersion=api_version, kind=body.get("kind") or self.kind_of(api_version, plural))
-        return self.request("POST", resource_path(api_version, plural, namespace), body=body,
+        return self._object("POST", resource_path(api_version, plural, namespace), body=body,
                             query={"dryRun": "All" if dry_run else None},
                             what=self._describe("create", api_version, plural, name, namespace))
 
-    def replace(self, api_version: str, plural: str, body: dict, namespace: t.Optional[str] = None,
-                subresource: t.Optional[str] = None, dry_run: bool = False) -> dict:
+    def replace(self, api_version: str, plural: str, body: K8sObject, namespace: t.Optional[str] = None,
+                subresource: t.Optional[str] = None, dry_run: bool = False) -> K8sObject:
         """PUT the whole object. With ``metadata.resourceVersion`` set (as read), a concurrent change
         makes the server answer 409 (:class:`K8sConflict`) instead of losing that change."""
         meta = body.get("metadata") or {}
         namespace = namespace or meta.get("namespace")
-        return self.request("PUT", resource_path(api_version, plural, namespace, meta["name"], subresource), body=body,
+        return self._object("PUT", resource_path(api_version, plural, namespace, meta["name"], subresource), body=body,
                             query={"dryRun": "All" if dry_run else None},
                             what=self._describe("update" if not subresource else "update %s of" % subresource,
                                                 api_version, plural, meta["name"], namespace))
 
-    def update_status(self, api_version: str, plural: str, body: dict, namespace: t.Optional[str] = None) -> dict:
+    def update_status(self, api_version: str, plural: str, body: K8sObject, namespace: t.Optional[str] = None) -> K8sObject:
         """PUT the ``status`` subresource (optimistic concurrency through ``metadata.resourceVersion``)."""
         return self.replace(api_version, plural, body, namespace, subresource="status")
 
     def patch(self, api_version: str, plural: str, name: str, patch: t.Any, namespace: t.Optional[str] = None,
               patch_type: str = "merge", subresource: t.Optional[str] = None, resource_version: t.Optional[str] = None,
-              dry_run: bool = False, field_manager: t.Optional[str] = None, force: t.Optional[bool] = None) -> dict:
+              dry_run: bool = False, field_manager: t.Optional[str] = None, force: t.Optional[bool] = None) -> K8sObject:
         """Patch with ``merge`` (RFC 7386), ``strategic``, ``json`` (RFC 6902) or server-side ``apply``.
 
         ``resource_version`` makes the patch conditional (merge/strategic: it is put into the patch's
@@ -799,29 +492,29 @@ class K8sClient:
                 patch["metadata"] = dict(patch.get("metadata") or {}, resourceVersion=resource_version)
         if patch_type == "apply" and not field_manager:
             field_manager = self.user_agent
-        return self.request("PATCH", resource_path(api_version, plural, namespace, name, subresource), body=patch,
+        return self._object("PATCH", resource_path(api_version, plural, namespace, name, subresource), body=patch,
                             content_type=PATCH_CONTENT_TYPES[patch_type],
                             query={"dryRun": "All" if dry_run else None, "fieldManager": field_manager, "force": force},
                             what=self._describe("patch", api_version, plural, name, namespace))
 
     def delete(self, api_version: str, plural: str, name: str, namespace: t.Optional[str] = None,
                propagation: str = "Background", missing_ok: bool = False, resource_version: t.Optional[str] = None,
-               dry_run: bool = False) -> t.Optional[dict]:
-        body: dict = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+               dry_run: bool = False) -> t.Optional[K8sObject]:
+        body: K8sObject = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
         if resource_version:
             body["preconditions"] = {"resourceVersion": resource_version}
         if dry_run:
             body["dryRun"] = ["All"]
         try:
-            return self.request("DELETE", resource_path(api_version, plural, namespace, name), body=body,
+            return self._object("DELETE", resource_path(api_version, plural, namespace, name), body=body,
                                 what=self._describe("delete", api_version, plural, name, namespace))
         except K8sNotFound:
             if missing_ok:
                 return None
             raise
 
-    def apply(self, body: dict, plural: t.Optional[str] = None, field_manager: t.Optional[str] = None,
-              force: bool = True) -> dict:
+    def apply(self, body: K8sObject, plural: t.Optional[str] = None, field_manager: t.Optional[str] = None,
+              force: bool = True) -> K8sObject:
         """Server-side apply of a whole manifest (creates or updates)."""
         api_version = body["apiVersion"]
         plural = plural or self.plural_of(api_version, body["kind"])
@@ -838,9 +531,9 @@ class K8sClient:
                 return plural
         raise RunbookError("the API server does not serve kind %s in %s" % (kind, api_version))
 
-    def modify(self, api_version: str, plural: str, name: str, mutate: t.Callable[[dict], t.Optional[dict]],
+    def modify(self, api_version: str, plural: str, name: str, mutate: t.Callable[[K8sObject], t.Optional[K8sObject]],
                namespace: t.Optional[str] = None, subresource: t.Optional[str] = None, attempts: int = 5,
-               dry_run: bool = False) -> t.Tuple[bool, dict, dict]:
+               dry_run: bool = False) -> t.Tuple[bool, K8sObject, K8sObject]:
         """Read, change, write back with the read ``resourceVersion``; on 409 read again and retry.
 
         ``mutate`` gets a deep copy of the object and returns the changed object, or None for "no change".
@@ -864,14 +557,14 @@ class K8sClient:
         raise RunbookError("not reached")  # pragma: no cover
 
     def rollout_restart(self, api_version: str, plural: str, name: str, namespace: str,
-                        at: t.Optional[str] = None, dry_run: bool = False) -> dict:
+                        at: t.Optional[str] = None, dry_run: bool = False) -> K8sObject:
         """What ``kubectl rollout restart`` does: stamp the pod template so the controller rolls it."""
         stamp = at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}}
         return self.patch(api_version, plural, name, patch, namespace, patch_type="strategic", dry_run=dry_run)
 
-    def version(self) -> dict:
-        return self.request("GET", "/version", what="read the server version")
+    def version(self) -> K8sObject:
+        return self._object("GET", "/version", what="read the server version")
 
 
 def _retry_after(value: t.Optional[str]) -> t.Optional[float]:
@@ -900,3 +593,26 @@ def _describe_os_error(exc: BaseException) -> str:
 def client_from_module(module: t.Any, **kwargs: t.Any) -> K8sClient:
     """The client for a module whose argument spec includes :func:`k8s_auth_argspec`."""
     return K8sClient.from_params({key: module.params.get(key) for key in AUTH_OPTIONS}, **kwargs)
+
+
+OptionsT = t.TypeVar("OptionsT")
+
+
+def reports_api_requests(action: t.Callable[[Task[OptionsT]], Result]) -> t.Callable[[Task[OptionsT]], Result]:
+    """``action(task)`` with ``api_requests`` (the requests its :class:`K8sClient` sent) in the result,
+    also when it fails with a :class:`RunbookError` (0 when the client could not even be set up)."""
+    @functools.wraps(action)
+    def run(task: Task[OptionsT]) -> Result:
+        try:
+            client = task.client(K8sClient.from_params)
+        except RunbookError as exc:
+            exc.details.setdefault("api_requests", 0)
+            raise
+        try:
+            result = action(task)
+        except RunbookError as exc:
+            exc.details["api_requests"] = client.requests
+            raise
+        result["api_requests"] = client.requests
+        return result
+    return run

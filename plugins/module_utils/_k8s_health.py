@@ -11,17 +11,20 @@ without a cluster. :func:`run_health` does the reading and the bookkeeping (per-
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
-    RunbookError, Stopwatch, isoformat, parse_duration, parse_time,
+    Result, RunbookError, Task, isoformat, options_from, parse_time,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._findings import (
-    finding, reaches, sort_findings, summarize, worst,
+    Finding, finding, reaches, sort_findings, summarize, worst,
 )
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, K8sForbidden, K8sNotFound
-from ansible_collections.runbook.ops.plugins.module_utils._names import check_params, k8s_namespace
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
+    K8sClient, K8sError, K8sForbidden, K8sNotFound, K8sObject, reports_api_requests,
+)
+from ansible_collections.runbook.ops.plugins.module_utils._names import check_params, duration, k8s_namespace
 
 CHECKS = ("workloads", "pods", "services", "pvcs", "events", "certificates", "jobs", "nodes")
 DEFAULT_EXCLUDE = ("kube-system", "kube-public", "kube-node-lease")
@@ -44,26 +47,22 @@ POD_CRITICAL_WAITING = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", 
                         "CreateContainerError", "InvalidImageName", "RunContainerError")
 
 
+@dataclasses.dataclass(frozen=True)
 class Thresholds:
-    def __init__(self, restart_warning: int = 3, pod_pending_grace: float = 300.0, pod_not_ready_grace: float = 300.0,
-                 event_window: float = 3600.0, cert_warning_days: float = 30.0, cert_critical_days: float = 7.0) -> None:
-        self.restart_warning = restart_warning
-        self.pod_pending_grace = pod_pending_grace
-        self.pod_not_ready_grace = pod_not_ready_grace
-        self.event_window = event_window
-        self.cert_warning_days = cert_warning_days
-        self.cert_critical_days = cert_critical_days
+    """When a Pod, an event or a Certificate becomes a finding (durations in seconds)."""
+
+    restart_warning: int
+    pod_pending_grace: float
+    pod_not_ready_grace: float
+    event_window: float
+    cert_warning_days: float
+    cert_critical_days: float
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "Thresholds":
-        thresholds = cls(
-            restart_warning=int(params.get("restart_warning", 3)),
-            pod_pending_grace=parse_duration(params.get("pod_pending_grace", "5m"), "pod_pending_grace") or 0.0,
-            pod_not_ready_grace=parse_duration(params.get("pod_not_ready_grace", "5m"), "pod_not_ready_grace") or 0.0,
-            event_window=parse_duration(params.get("event_window", "1h"), "event_window") or 0.0,
-            cert_warning_days=float(params.get("cert_warning_days", 30)),
-            cert_critical_days=float(params.get("cert_critical_days", 7)),
-        )
+        thresholds = options_from(cls, params, **{
+            option: duration(option, params[option], 0.0)
+            for option in ("pod_pending_grace", "pod_not_ready_grace", "event_window")})
         if thresholds.cert_critical_days > thresholds.cert_warning_days:
             raise RunbookError("cert_critical_days (%s) must not exceed cert_warning_days (%s)"
                                % (thresholds.cert_critical_days, thresholds.cert_warning_days))
@@ -72,15 +71,35 @@ class Thresholds:
         return thresholds
 
 
+@dataclasses.dataclass(frozen=True)
+class HealthOptions:
+    """What ``k8s_health`` checks, where, and when a finding fails the task."""
+
+    namespaces: t.Optional[t.List[str]]
+    namespace_selector: t.Optional[str]
+    exclude_namespaces: t.List[str]
+    label_selector: t.Optional[str]
+    checks: t.List[str]
+    thresholds: Thresholds
+    fail_on: str
+    now: datetime.datetime
+
+    @classmethod
+    def from_params(cls, params: t.Mapping[str, t.Any]) -> "HealthOptions":
+        check_params(params, {"namespaces": k8s_namespace})
+        return options_from(cls, params, thresholds=Thresholds.from_params(params),
+                            checks=list(dict.fromkeys(params["checks"])), now=parse_time(params["now"], "now"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _meta(obj: dict) -> dict:
+def _meta(obj: K8sObject) -> K8sObject:
     return obj.get("metadata") or {}
 
 
-def _ref(obj: dict, kind: t.Optional[str] = None) -> str:
+def _ref(obj: K8sObject, kind: t.Optional[str] = None) -> str:
     meta = _meta(obj)
     return "/".join(p for p in (kind or obj.get("kind", ""), meta.get("namespace"), meta.get("name")) if p)
 
@@ -99,10 +118,10 @@ def _age(now: datetime.datetime, value: t.Optional[str]) -> t.Optional[float]:
     return None if moment is None else (now - moment).total_seconds()
 
 
-def _condition(obj: dict, kind: str) -> t.Optional[dict]:
+def _condition(obj: K8sObject, kind: str) -> t.Optional[K8sObject]:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind:
-            return cond
+            return t.cast(K8sObject, cond)
     return None
 
 
@@ -114,7 +133,7 @@ def _human(seconds: float) -> str:
     return "%ds" % seconds
 
 
-def _f(severity: str, check: str, obj: str, message: str, namespace: t.Optional[str], **details: t.Any) -> dict:
+def _f(severity: str, check: str, obj: str, message: str, namespace: t.Optional[str], **details: t.Any) -> Finding:
     details = {k: v for k, v in details.items() if v is not None}
     if namespace:
         details["namespace"] = namespace
@@ -125,7 +144,7 @@ def _f(severity: str, check: str, obj: str, message: str, namespace: t.Optional[
 # Pure checks
 
 
-def check_workload(obj: dict) -> t.Optional[dict]:
+def check_workload(obj: K8sObject) -> t.Optional[Finding]:
     """Deployment / StatefulSet / DaemonSet: ready vs desired, observed generation, progress deadline."""
     kind, meta, spec, status = obj.get("kind", ""), _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
     if kind == "DaemonSet":
@@ -150,25 +169,25 @@ def check_workload(obj: dict) -> t.Optional[dict]:
               reason=progressing.get("reason") if progressing else None)
 
 
-def workload_ready(obj: dict) -> bool:
+def workload_ready(obj: K8sObject) -> bool:
     return check_workload(obj) is None
 
 
-def _container_statuses(pod: dict) -> t.List[dict]:
+def _container_statuses(pod: K8sObject) -> t.List[K8sObject]:
     status = pod.get("status") or {}
     return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
 
 
-def pod_restarts(pod: dict) -> int:
+def pod_restarts(pod: K8sObject) -> int:
     return sum(int(c.get("restartCount") or 0) for c in _container_statuses(pod))
 
 
-def pod_ready(pod: dict) -> bool:
+def pod_ready(pod: K8sObject) -> bool:
     cond = _condition(pod, "Ready")
     return bool(cond and cond.get("status") == "True")
 
 
-def check_pod(pod: dict, now: datetime.datetime, th: Thresholds) -> t.Optional[dict]:
+def check_pod(pod: K8sObject, now: datetime.datetime, th: Thresholds) -> t.Optional[Finding]:
     """One finding per Pod with every problem it has; severity is the worst of them."""
     meta, status = _meta(pod), pod.get("status") or {}
     phase = status.get("phase") or "Unknown"
@@ -222,7 +241,7 @@ def check_pod(pod: dict, now: datetime.datetime, th: Thresholds) -> t.Optional[d
               reasons=reasons, phase=phase, restarts=restarts, ready=pod_ready(pod), node=(pod.get("spec") or {}).get("nodeName"))
 
 
-def ready_endpoints(slices: t.Iterable[dict]) -> int:
+def ready_endpoints(slices: t.Iterable[K8sObject]) -> int:
     count = 0
     for eps in slices:
         for endpoint in eps.get("endpoints") or []:
@@ -231,7 +250,7 @@ def ready_endpoints(slices: t.Iterable[dict]) -> int:
     return count
 
 
-def check_service(svc: dict, slices: t.Sequence[dict]) -> t.Optional[dict]:
+def check_service(svc: K8sObject, slices: t.Sequence[K8sObject]) -> t.Optional[Finding]:
     spec = svc.get("spec") or {}
     if not spec.get("selector") or spec.get("type") == "ExternalName":
         return None
@@ -245,7 +264,7 @@ def check_service(svc: dict, slices: t.Sequence[dict]) -> t.Optional[dict]:
               selector=spec["selector"], endpoints=total, ready_endpoints=0)
 
 
-def check_pvc(pvc: dict) -> t.Optional[dict]:
+def check_pvc(pvc: K8sObject) -> t.Optional[Finding]:
     phase = (pvc.get("status") or {}).get("phase") or "Pending"
     ns = _meta(pvc).get("namespace")
     if phase == "Lost":
@@ -261,7 +280,7 @@ def check_pvc(pvc: dict) -> t.Optional[dict]:
     return None
 
 
-def event_time(event: dict) -> t.Optional[datetime.datetime]:
+def event_time(event: K8sObject) -> t.Optional[datetime.datetime]:
     series = event.get("series") or {}
     for value in (series.get("lastObservedTime"), event.get("lastTimestamp"), event.get("eventTime"),
                   event.get("firstTimestamp"), _meta(event).get("creationTimestamp")):
@@ -271,9 +290,9 @@ def event_time(event: dict) -> t.Optional[datetime.datetime]:
     return None
 
 
-def check_events(events: t.Iterable[dict], now: datetime.datetime, th: Thresholds) -> t.List[dict]:
+def check_events(events: t.Iterable[K8sObject], now: datetime.datetime, th: Thresholds) -> t.List[Finding]:
     """Warning events within the window, grouped by involved object and reason."""
-    groups: t.Dict[t.Tuple[str, str, str, str], dict] = {}
+    groups: t.Dict[t.Tuple[str, str, str, str], t.Dict[str, t.Any]] = {}
     for event in events:
         if event.get("type") != "Warning":
             continue
@@ -298,7 +317,7 @@ def check_events(events: t.Iterable[dict], now: datetime.datetime, th: Threshold
     return findings
 
 
-def check_certificate(cert: dict, now: datetime.datetime, th: Thresholds) -> t.Optional[dict]:
+def check_certificate(cert: K8sObject, now: datetime.datetime, th: Thresholds) -> t.Optional[Finding]:
     meta, status = _meta(cert), cert.get("status") or {}
     ns = meta.get("namespace")
     ready = _condition(cert, "Ready")
@@ -323,19 +342,19 @@ def check_certificate(cert: dict, now: datetime.datetime, th: Thresholds) -> t.O
     return None
 
 
-def _job_failed(job: dict) -> t.Optional[dict]:
+def _job_failed(job: K8sObject) -> t.Optional[K8sObject]:
     cond = _condition(job, "Failed")
     return cond if cond and cond.get("status") == "True" else None
 
 
-def _job_done(job: dict) -> bool:
+def _job_done(job: K8sObject) -> bool:
     return bool(_job_failed(job) or (_condition(job, "Complete") or {}).get("status") == "True")
 
 
-def check_jobs(jobs: t.Sequence[dict]) -> t.List[dict]:
+def check_jobs(jobs: t.Sequence[K8sObject]) -> t.List[Finding]:
     """Failed Jobs; for Jobs a CronJob owns, only whether the CronJob's last finished run failed."""
     findings = []
-    by_cron: t.Dict[t.Tuple[str, str], t.List[dict]] = {}
+    by_cron: t.Dict[t.Tuple[str, str], t.List[K8sObject]] = {}
     for job in jobs:
         owner = next((o for o in _meta(job).get("ownerReferences") or [] if o.get("kind") == "CronJob"), None)
         if owner:
@@ -361,7 +380,7 @@ def check_jobs(jobs: t.Sequence[dict]) -> t.List[dict]:
     return findings
 
 
-def check_node(node: dict) -> t.Optional[dict]:
+def check_node(node: K8sObject) -> t.Optional[Finding]:
     problems, severities = [], []
     ready = _condition(node, "Ready")
     if not ready or ready.get("status") != "True":
@@ -387,28 +406,15 @@ def check_node(node: dict) -> t.Optional[dict]:
 # ----------------------------------------------------------------------------------------------
 # Reading the cluster
 
-
-class _Scope:
-    """The namespaces to check (None: all not excluded) and what reading them cost."""
-
-    def __init__(self, names: t.Optional[t.List[str]], exclude: t.Sequence[str]) -> None:
-        self.names = names
-        self.exclude = set(exclude)
-
-    def wanted(self, namespace: str) -> bool:
-        if self.names is not None:
-            return namespace in self.names
-        return namespace not in self.exclude
+ByNamespace = t.Dict[str, t.List[K8sObject]]
+"""Objects of one kind, by namespace."""
 
 
-def _select_namespaces(client: K8sClient, params: t.Mapping[str, t.Any],
-                       findings: t.List[dict]) -> t.Optional[t.List[str]]:
+def _select_namespaces(client: K8sClient, opts: HealthOptions, findings: t.List[Finding]) -> t.Optional[t.List[str]]:
     """The namespaces to check, or None when they cannot be listed (an ``unknown`` finding says so)."""
-    explicit = params.get("namespaces")
-    exclude = set(params.get("exclude_namespaces") or [])
-    selector = params.get("namespace_selector")
-    if explicit:
-        names = [n for n in dict.fromkeys(explicit) if n not in exclude]
+    exclude = set(opts.exclude_namespaces)
+    if opts.namespaces:
+        names = [n for n in dict.fromkeys(opts.namespaces) if n not in exclude]
         try:
             existing = {_meta(n)["name"] for n in client.list("v1", "namespaces")}
         except K8sForbidden:
@@ -418,7 +424,7 @@ def _select_namespaces(client: K8sClient, params: t.Mapping[str, t.Any],
                 findings.append(_f("warning", "namespaces", "Namespace/%s" % name, "namespace does not exist", name))
         return [n for n in names if n in existing]
     try:
-        items = client.list("v1", "namespaces", label_selector=selector)
+        items = client.list("v1", "namespaces", label_selector=opts.namespace_selector)
     except K8sForbidden as exc:
         findings.append(_f("unknown", "namespaces", "Namespace/*",
                            "cannot list namespaces (%s); set namespaces to check specific ones" % exc.api_message, None,
@@ -427,168 +433,198 @@ def _select_namespaces(client: K8sClient, params: t.Mapping[str, t.Any],
     return sorted(_meta(n)["name"] for n in items if _meta(n)["name"] not in exclude)
 
 
-def _unknown(check: str, plural: str, namespace: str, exc: K8sError) -> dict:
+def _unknown(check: str, plural: str, namespace: str, exc: K8sError) -> Finding:
     where = "in namespace %s" % namespace if namespace != "*" else "in any namespace"
     return _f("unknown", check, "%s/%s/*" % (plural, namespace) if namespace != "*" else "%s/*" % plural,
               "could not check: may not list %s %s (%s)" % (plural, where, exc.api_message or exc.reason or exc.status),
               None if namespace == "*" else namespace, status=exc.status, resource=plural)
 
 
-def run_health(client: K8sClient, params: t.Mapping[str, t.Any]) -> dict:
-    """Everything ``k8s_health`` returns (plus ``_fail_msg`` when ``fail_on`` is reached)."""
-    stopwatch = Stopwatch()
-    check_params(params, {"namespaces": k8s_namespace})
-    now = parse_time(params.get("now"), "now")
-    th = Thresholds.from_params(params)
-    checks = list(dict.fromkeys(params.get("checks") or CHECKS))
-    unknown_checks = [c for c in checks if c not in CHECKS]
-    if unknown_checks:
-        raise RunbookError("unknown checks: %s (choose from %s)" % (", ".join(unknown_checks), ", ".join(CHECKS)))
-    label_selector = params.get("label_selector")
-    findings: t.List[dict] = []
-    namespaces = _select_namespaces(client, params, findings)
-    exclude = params.get("exclude_namespaces") or []
-    per_ns: t.Dict[str, dict] = {ns: _ns_summary() for ns in namespaces or []}
-    not_applicable: t.List[str] = []
-    ran: t.List[str] = []
-
-    def read(check: str, api_version: str, plural: str) -> t.Dict[str, t.List[dict]]:
-        selector = label_selector if plural in SELECTABLE else None
-        field = "type=Warning" if plural == "events" else None
-        by_ns, errors = client.list_namespaces(api_version, plural, namespaces, selector, field)
-        for ns, exc in errors.items():
-            if isinstance(exc, K8sNotFound):
-                # A list answers 404 only when the resource type is not served (CRD not installed).
-                raise _NotServed()
-            findings.append(_unknown(check, plural, ns, exc))
-        if namespaces is None:
-            return {ns: items for ns, items in by_ns.items() if ns not in exclude}
-        return by_ns
-
-    for check in checks:
-        if check == "nodes":
-            continue
-        if namespaces is not None and not namespaces:
-            continue
-        before = len(findings)
-        try:
-            lists = {plural: read(check, api_version, plural) for api_version, plural in READS[check]}
-        except _NotServed:
-            not_applicable.append(check)
-            continue
-        ran.append(check)
-        _evaluate(check, lists, now, th, findings, per_ns, namespaces is None)
-        if not any(f["check"] == check and f["severity"] != "ok" for f in findings[before:]):
-            count = sum(len(items) for plural_lists in lists.values() for items in plural_lists.values())
-            findings.append(_f("ok", check, "*", "%d %s checked, nothing to report" % (count, _noun(check, lists)), None,
-                               objects=count))
-    if "nodes" in checks:
-        try:
-            nodes = client.list("v1", "nodes")
-        except K8sForbidden as exc:
-            findings.append(_unknown("nodes", "nodes", "*", exc))
-        else:
-            ran.append("nodes")
-            node_findings = [f for f in (check_node(n) for n in nodes) if f]
-            findings.extend(node_findings)
-            if not node_findings:
-                findings.append(_f("ok", "nodes", "*", "%d node(s) Ready, none under pressure" % len(nodes), None,
-                                   objects=len(nodes)))
-
-    for item in findings:
-        ns = item["details"].get("namespace")
-        if ns and ns in per_ns:
-            per_ns[ns]["_severities"].append(item["severity"])
-    for ns, summary in per_ns.items():
-        summary["status"] = worst(summary.pop("_severities"))
-        summary["services_without_endpoints"].sort()
-    findings = sort_findings(findings)
-    status, summary = summarize(findings)
-    result = {
-        "changed": False,
-        "status": status,
-        "summary": summary,
-        "findings": findings,
-        "namespaces": per_ns,
-        "checks_run": ran,
-        "checks_not_applicable": not_applicable,
-        "checked_at": isoformat(now),
-        "api_requests": client.requests,
-        "duration_s": stopwatch.elapsed,
-    }
-    fail_on = params.get("fail_on") or "never"
-    if reaches(status, fail_on):
-        result["_fail_msg"] = "cluster health is %s (fail_on: %s): %s" % (status, fail_on, ", ".join(
-            "%d %s" % (summary[s], s) for s in ("critical", "unknown", "warning") if summary[s]))
-    return result
-
-
 class _NotServed(Exception):
     """The API server does not serve the resource (e.g. the cert-manager CRD is not installed)."""
 
 
-def _noun(check: str, lists: t.Mapping[str, t.Any]) -> str:
-    return {"workloads": "workloads", "pods": "pods", "services": "services", "pvcs": "PVCs",
-            "events": "warning events", "certificates": "certificates", "jobs": "jobs"}.get(check, "objects")
+_NOUNS = {"workloads": "workloads", "pods": "pods", "services": "services", "pvcs": "PVCs",
+          "events": "warning events", "certificates": "certificates", "jobs": "jobs"}
 
 
-def _ns_summary() -> dict:
+def _ns_summary() -> t.Dict[str, t.Any]:
     return {"status": "ok", "workloads": {"ready": 0, "total": 0},
             "pods": {"running": 0, "ready": 0, "total": 0, "restarts": 0},
             "services_without_endpoints": [], "_severities": []}
 
 
-def _evaluate(check: str, lists: t.Mapping[str, t.Dict[str, t.List[dict]]], now: datetime.datetime, th: Thresholds,
-              findings: t.List[dict], per_ns: t.Dict[str, dict], open_scope: bool) -> None:
-    def summary(ns: str) -> t.Optional[dict]:
-        if ns not in per_ns and open_scope:
-            per_ns[ns] = _ns_summary()
-        return per_ns.get(ns)
+class _Scan:
+    """One run of the checks: the lists read, the findings and the per-namespace summary."""
 
-    if check == "workloads":
-        for plural in ("deployments", "statefulsets", "daemonsets"):
-            for ns, items in lists[plural].items():
-                for obj in items:
-                    result = check_workload(obj)
-                    if result:
-                        findings.append(result)
-                    s = summary(ns)
-                    if s is not None:
-                        s["workloads"]["total"] += 1
-                        s["workloads"]["ready"] += result is None
-    elif check == "pods":
-        for ns, pods in lists["pods"].items():
-            for pod in pods:
-                result = check_pod(pod, now, th)
+    def __init__(self, client: K8sClient, opts: HealthOptions) -> None:
+        self.client = client
+        self.opts = opts
+        self.findings: t.List[Finding] = []
+        self.namespaces = _select_namespaces(client, opts, self.findings)
+        self.per_ns: t.Dict[str, t.Dict[str, t.Any]] = {ns: _ns_summary() for ns in self.namespaces or []}
+        self.ran: t.List[str] = []
+        self.not_applicable: t.List[str] = []
+
+    def read(self, check: str, api_version: str, plural: str) -> ByNamespace:
+        selector = self.opts.label_selector if plural in SELECTABLE else None
+        field = "type=Warning" if plural == "events" else None
+        by_ns, errors = self.client.list_namespaces(api_version, plural, self.namespaces, selector, field)
+        for ns, exc in errors.items():
+            if isinstance(exc, K8sNotFound):
+                # A list answers 404 only when the resource type is not served (CRD not installed).
+                raise _NotServed()
+            self.findings.append(_unknown(check, plural, ns, exc))
+        if self.namespaces is None:
+            return {ns: items for ns, items in by_ns.items() if ns not in self.opts.exclude_namespaces}
+        return by_ns
+
+    def summary(self, ns: str) -> t.Optional[t.Dict[str, t.Any]]:
+        """The summary of ``ns`` (created for namespaces found while listing across all of them)."""
+        if ns not in self.per_ns and self.namespaces is None:
+            self.per_ns[ns] = _ns_summary()
+        return self.per_ns.get(ns)
+
+    def namespaced_check(self, check: str) -> None:
+        if self.namespaces is not None and not self.namespaces:
+            return
+        before = len(self.findings)
+        try:
+            lists = {plural: self.read(check, api_version, plural) for api_version, plural in READS[check]}
+        except _NotServed:
+            self.not_applicable.append(check)
+            return
+        self.ran.append(check)
+        _EVALUATORS[check](self, lists)
+        if not any(f["check"] == check and f["severity"] != "ok" for f in self.findings[before:]):
+            count = sum(len(items) for plural_lists in lists.values() for items in plural_lists.values())
+            self.findings.append(_f("ok", check, "*", "%d %s checked, nothing to report" % (count, _NOUNS[check]),
+                                    None, objects=count))
+
+    def nodes(self) -> None:
+        try:
+            nodes = self.client.list("v1", "nodes")
+        except K8sForbidden as exc:
+            self.findings.append(_unknown("nodes", "nodes", "*", exc))
+            return
+        self.ran.append("nodes")
+        node_findings = [f for f in (check_node(n) for n in nodes) if f]
+        self.findings.extend(node_findings)
+        if not node_findings:
+            self.findings.append(_f("ok", "nodes", "*", "%d node(s) Ready, none under pressure" % len(nodes), None,
+                                    objects=len(nodes)))
+
+    def namespace_summaries(self) -> t.Dict[str, t.Dict[str, t.Any]]:
+        for item in self.findings:
+            ns = item["details"].get("namespace")
+            if ns and ns in self.per_ns:
+                self.per_ns[ns]["_severities"].append(item["severity"])
+        for summary in self.per_ns.values():
+            summary["status"] = worst(summary.pop("_severities"))
+            summary["services_without_endpoints"].sort()
+        return self.per_ns
+
+
+@reports_api_requests
+def run_health(task: Task[HealthOptions]) -> Result:
+    """Everything ``k8s_health`` returns; fails, keeping it all, when ``fail_on`` is reached."""
+    opts = task.options
+    scan = _Scan(task.client(K8sClient.from_params), opts)
+    for check in opts.checks:
+        if check != "nodes":
+            scan.namespaced_check(check)
+    if "nodes" in opts.checks:
+        scan.nodes()
+    per_ns = scan.namespace_summaries()
+    findings = sort_findings(scan.findings)
+    status, summary = summarize(findings)
+    counts = ", ".join("%d %s" % (summary[s], s) for s in ("critical", "unknown", "warning") if summary[s])
+    result: Result = {
+        "changed": False,
+        "msg": "cluster health is %s: %s (%d namespace(s), checks: %s)" % (
+            status, counts or "nothing to report", len(per_ns), ", ".join(scan.ran) or "none"),
+        "status": status,
+        "summary": summary,
+        "findings": findings,
+        "namespaces": per_ns,
+        "checks_run": scan.ran,
+        "checks_not_applicable": scan.not_applicable,
+        "checked_at": isoformat(opts.now),
+    }
+    if reaches(status, opts.fail_on):
+        # The failure's message replaces the verdict; every other field is kept.
+        kept = {key: value for key, value in result.items() if key != "msg"}
+        raise RunbookError("cluster health is %s (fail_on: %s): %s" % (status, opts.fail_on, counts), **kept)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluating what was read (one function per check, objects already read)
+
+
+def _workloads(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    for plural in ("deployments", "statefulsets", "daemonsets"):
+        for ns, items in lists[plural].items():
+            for obj in items:
+                result = check_workload(obj)
                 if result:
-                    findings.append(result)
-                s = summary(ns)
-                if s is not None:
-                    s["pods"]["total"] += 1
-                    s["pods"]["running"] += (pod.get("status") or {}).get("phase") == "Running"
-                    s["pods"]["ready"] += pod_ready(pod)
-                    s["pods"]["restarts"] += pod_restarts(pod)
-    elif check == "services":
-        for ns, services in lists["services"].items():
-            slices_by_service: t.Dict[str, t.List[dict]] = {}
-            for eps in lists["endpointslices"].get(ns, []):
-                svc_name = (_meta(eps).get("labels") or {}).get("kubernetes.io/service-name")
-                if svc_name:
-                    slices_by_service.setdefault(svc_name, []).append(eps)
-            for svc in services:
-                result = check_service(svc, slices_by_service.get(_meta(svc)["name"], []))
-                if result:
-                    findings.append(result)
-                    s = summary(ns)
-                    if s is not None:
-                        s["services_without_endpoints"].append(_meta(svc)["name"])
-    elif check == "pvcs":
-        for ns, pvcs in lists["persistentvolumeclaims"].items():
-            findings.extend(f for f in (check_pvc(p) for p in pvcs) if f)
-    elif check == "events":
-        findings.extend(check_events((e for items in lists["events"].values() for e in items), now, th))
-    elif check == "certificates":
-        for ns, certs in lists["certificates"].items():
-            findings.extend(f for f in (check_certificate(c, now, th) for c in certs) if f)
-    elif check == "jobs":
-        findings.extend(check_jobs([j for items in lists["jobs"].values() for j in items]))
+                    scan.findings.append(result)
+                summary = scan.summary(ns)
+                if summary is not None:
+                    summary["workloads"]["total"] += 1
+                    summary["workloads"]["ready"] += result is None
+
+
+def _pods(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    for ns, pods in lists["pods"].items():
+        for pod in pods:
+            result = check_pod(pod, scan.opts.now, scan.opts.thresholds)
+            if result:
+                scan.findings.append(result)
+            summary = scan.summary(ns)
+            if summary is not None:
+                summary["pods"]["total"] += 1
+                summary["pods"]["running"] += (pod.get("status") or {}).get("phase") == "Running"
+                summary["pods"]["ready"] += pod_ready(pod)
+                summary["pods"]["restarts"] += pod_restarts(pod)
+
+
+def _services(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    for ns, services in lists["services"].items():
+        slices_by_service: t.Dict[str, t.List[K8sObject]] = {}
+        for eps in lists["endpointslices"].get(ns, []):
+            svc_name = (_meta(eps).get("labels") or {}).get("kubernetes.io/service-name")
+            if svc_name:
+                slices_by_service.setdefault(svc_name, []).append(eps)
+        for svc in services:
+            result = check_service(svc, slices_by_service.get(_meta(svc)["name"], []))
+            if result:
+                scan.findings.append(result)
+                summary = scan.summary(ns)
+                if summary is not None:
+                    summary["services_without_endpoints"].append(_meta(svc)["name"])
+
+
+def _pvcs(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    for pvcs in lists["persistentvolumeclaims"].values():
+        scan.findings.extend(f for f in (check_pvc(p) for p in pvcs) if f)
+
+
+def _events(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    events = (e for items in lists["events"].values() for e in items)
+    scan.findings.extend(check_events(events, scan.opts.now, scan.opts.thresholds))
+
+
+def _certificates(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    for certs in lists["certificates"].values():
+        scan.findings.extend(f for f in (check_certificate(c, scan.opts.now, scan.opts.thresholds) for c in certs) if f)
+
+
+def _jobs(scan: _Scan, lists: t.Mapping[str, ByNamespace]) -> None:
+    scan.findings.extend(check_jobs([j for items in lists["jobs"].values() for j in items]))
+
+
+_EVALUATORS: t.Dict[str, t.Callable[[_Scan, t.Mapping[str, ByNamespace]], None]] = {
+    "workloads": _workloads, "pods": _pods, "services": _services, "pvcs": _pvcs, "events": _events,
+    "certificates": _certificates, "jobs": _jobs,
+}

@@ -154,6 +154,13 @@ changed:
   returned: always
   type: bool
   sample: false
+msg:
+  description:
+    - The verdict in one sentence, with the number of findings per severity that needs attention.
+    - When O(fail_on) is reached, why the task failed; every other field is still returned.
+  returned: always
+  type: str
+  sample: "cluster health is critical: 3 critical, 2 warning (2 namespace(s), checks: workloads, pods)"
 status:
   description: The worst severity among the findings (V(ok), V(info), V(warning), V(unknown), V(critical)).
   returned: always
@@ -239,7 +246,7 @@ checked_at:
   type: str
   sample: "2026-03-01T06:00:00Z"
 api_requests:
-  description: How many HTTP requests were sent to the API server.
+  description: How many HTTP requests were sent to the API server, retries included; also when the task fails.
   returned: always
   type: int
   sample: 12
@@ -250,41 +257,43 @@ duration_s:
   sample: 0.42
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import client_from_module, k8s_auth_argspec, k8s_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s_health import CHECKS, DEFAULT_EXCLUDE, run_health
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
+from ansible_collections.runbook.ops.plugins.module_utils._findings import FAIL_ON_CHOICES
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_health import (
+    CHECKS, DEFAULT_EXCLUDE, HealthOptions, run_health,
+)
 
 
-def run(module: AnsibleModule) -> dict:
-    client = client_from_module(module)
-    try:
-        return run_health(client, module.params)
-    finally:
-        client.close()
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    return dict(
+        argument_spec=dict(
+            **k8s_auth_argspec(),
+            namespaces=dict(type="list", elements="str"),
+            namespace_selector=dict(type="str"),
+            exclude_namespaces=dict(type="list", elements="str", default=list(DEFAULT_EXCLUDE)),
+            label_selector=dict(type="str"),
+            checks=dict(type="list", elements="str", choices=list(CHECKS), default=list(CHECKS)),
+            restart_warning=dict(type="int", default=3),
+            pod_pending_grace=dict(type="str", default="5m"),
+            pod_not_ready_grace=dict(type="str", default="5m"),
+            event_window=dict(type="str", default="1h"),
+            cert_warning_days=dict(type="float", default=30),
+            cert_critical_days=dict(type="float", default=7),
+            fail_on=dict(type="str", choices=list(FAIL_ON_CHOICES), default="never"),
+            now=dict(type="str"),
+        ),
+        mutually_exclusive=[("namespaces", "namespace_selector")],
+        supports_check_mode=True,
+    )
 
 
 def main() -> None:
-    argument_spec = dict(
-        **k8s_auth_argspec(),
-        namespaces=dict(type="list", elements="str"),
-        namespace_selector=dict(type="str"),
-        exclude_namespaces=dict(type="list", elements="str", default=list(DEFAULT_EXCLUDE)),
-        label_selector=dict(type="str"),
-        checks=dict(type="list", elements="str", choices=list(CHECKS), default=list(CHECKS)),
-        restart_warning=dict(type="int", default=3),
-        pod_pending_grace=dict(type="str", default="5m"),
-        pod_not_ready_grace=dict(type="str", default="5m"),
-        event_window=dict(type="str", default="1h"),
-        cert_warning_days=dict(type="float", default=30),
-        cert_critical_days=dict(type="float", default=7),
-        fail_on=dict(type="str", choices=["never", "warning", "critical"], default="never"),
-        now=dict(type="str"),
-    )
-    module = k8s_module(argument_spec=argument_spec, supports_check_mode=True,
-                        mutually_exclusive=[("namespaces", "namespace_selector")])
-    run_module(module, run)
+    module = k8s_module(**module_args())
+    run_task(module, HealthOptions.from_params, run_health)
 
 
 if __name__ == "__main__":

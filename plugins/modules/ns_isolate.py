@@ -161,11 +161,11 @@ options:
         type: str
         aliases: [aws_region]
       access_key:
-        description: S3 access key id; when empty the usual AWS sources apply.
+        description: S3 access key id, given together with O(evidence.secret_key); when empty the usual AWS sources apply.
         type: str
         aliases: [aws_access_key_id]
       secret_key:
-        description: S3 secret access key.
+        description: S3 secret access key, given together with O(evidence.access_key).
         type: str
         aliases: [aws_secret_access_key]
       session_token:
@@ -194,8 +194,8 @@ options:
         type: bool
         default: true
 notes:
-  - NetworkPolicies change traffic only with a network plugin (CNI) that enforces them; the module always
-    says so in RV(warnings).
+  - NetworkPolicies change traffic only with a network plugin (CNI) that enforces them; with O(state=isolated)
+    the module always warns about it.
   - Pod logs come from the kubelets through the API server. A log that cannot be fetched (kubelet unreachable,
     container never started) is listed in the evidence manifest with the API server's answer; it is never
     replaced by anything made up.
@@ -244,6 +244,15 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+changed:
+  description: Whether anything was (in check mode, would be) changed.
+  returned: always
+  type: bool
+msg:
+  description: What the task did (or, in check mode, would do) in one sentence, or why it failed.
+  returned: always
+  type: str
+  sample: isolated incident inc-2026-0142 in namespace auth (9 change(s))
 isolated:
   description: Whether the incident is isolated after the task.
   returned: always
@@ -342,25 +351,65 @@ evidence:
       type: list
       elements: str
 api_requests:
-  description: Number of Kubernetes API requests the task sent.
+  description: Number of Kubernetes API requests the task sent, retries included; also when the task fails.
   returned: always
   type: int
-warnings:
-  description: Warnings, always including that enforcement needs a CNI that implements NetworkPolicy.
+duration_s:
+  description: Seconds the task took.
   returned: always
-  type: list
-  elements: str
+  type: float
+  sample: 2.41
 """
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import run_module
-from ansible_collections.runbook.ops.plugins.module_utils._isolation import argument_spec, run
-from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_module
+import typing as t
+
+from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
+from ansible_collections.runbook.ops.plugins.module_utils._evidence import DEFAULT_LOG_LIMIT
+from ansible_collections.runbook.ops.plugins.module_utils._isolation import run_isolation
+from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
+from ansible_collections.runbook.ops.plugins.module_utils._quarantine import IsolateOptions
+from ansible_collections.runbook.ops.plugins.module_utils._repository import repository_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._stream import COMPRESSIONS
+
+
+def module_args() -> t.Dict[str, t.Any]:
+    """The argument spec and its rules; tests validate parameters through it."""
+    evidence = dict(
+        capture=dict(type="bool", default=True),
+        set=dict(type="str"),
+        labels=dict(type="dict", default={}),
+        log_tail_lines=dict(type="int"),
+        since=dict(type="str"),
+        log_limit_bytes=dict(type="int", default=DEFAULT_LOG_LIMIT),
+        compression=dict(type="str", choices=list(COMPRESSIONS), default="zstd"),
+        encryption_recipients=dict(type="list", elements="str", default=[]),
+        **repository_argspec(),
+    )
+    return dict(
+        argument_spec=dict(
+            **k8s_auth_argspec(),
+            namespace=dict(type="str", required=True),
+            state=dict(type="str", choices=["isolated", "released"], default="isolated"),
+            incident_id=dict(type="str"),
+            pod_selector=dict(type="dict"),
+            allow_empty_selector=dict(type="bool", default=False),
+            allow_dns=dict(type="bool", default=False),
+            allow_from_namespaces=dict(type="list", elements="str", default=[]),
+            allow_cidrs=dict(type="list", elements="str", default=[]),
+            suspend_services=dict(type="bool", default=False),
+            scale_to_zero=dict(type="list", elements="str", default=[]),
+            label_pods=dict(type="bool", default=True),
+            evidence=dict(type="dict", apply_defaults=True, options=evidence,
+                          required_together=[("access_key", "secret_key")]),
+        ),
+        required_if=[("state", "isolated", ["incident_id"])],
+        supports_check_mode=True,
+    )
 
 
 def main() -> None:
-    module = k8s_module(argument_spec=argument_spec(), supports_check_mode=True,
-                        required_if=[("state", "isolated", ["incident_id"])])
-    run_module(module, run)
+    module = k8s_module(**module_args())
+    run_task(module, IsolateOptions.from_params, run_isolation)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from tests.harness.collection import run_module, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for
 from tests.harness.process import free_port
 
-from ansible_collections.runbook.ops.plugins.module_utils._isolation import (
+from ansible_collections.runbook.ops.plugins.module_utils._quarantine import (
     QUARANTINE_LABEL, record_name, selector_matches)
 from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
 

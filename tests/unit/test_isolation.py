@@ -6,9 +6,10 @@ import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._evidence import log_targets, secret_summary
-from ansible_collections.runbook.ops.plugins.module_utils._isolation import (
-    QUARANTINE_LABEL, check_incident_id, deny_policy_spec, neutral_pod_selector, nothing_selector, parse_workload,
-    policy_allows, same_spec, selector_matches, stripped)
+from ansible_collections.runbook.ops.plugins.module_utils._quarantine import (
+    QUARANTINE_LABEL, IsolateOptions, check_incident_id, deny_policy_spec, neutral_pod_selector, nothing_selector,
+    parse_workload, policy_allows, same_spec, selector_matches, stripped)
+from tests.harness.tasks import InvalidParams, validated
 
 
 @pytest.mark.parametrize("selector,labels,expected", [
@@ -131,41 +132,67 @@ def test_log_targets_ask_for_previous_logs_only_after_a_restart():
     assert log_targets(pod) == [("init", False), ("app", False), ("app", True), ("sidecar", False)]
 
 
-def _params(**overrides):
-    params = {"namespace": "auth", "state": "isolated", "incident_id": "inc-1", "pod_selector": {"app": "web"},
-              "allow_from_namespaces": [], "allow_cidrs": [], "scale_to_zero": [],
-              "evidence": {"capture": True, "set": None, "labels": {}, "log_tail_lines": None, "since": None,
-                           "log_limit_bytes": 16777216, "encryption_recipients": []}}
+def options(**overrides) -> IsolateOptions:
+    """The options of an ns_isolate task with these parameters, defaults applied by the argument spec."""
+    params = {"namespace": "auth", "incident_id": "inc-1", "pod_selector": {"app": "web"}}
     params.update(overrides)
-    return params
+    return IsolateOptions.from_params(validated("ns_isolate", params))
 
 
-def test_validate_params_returns_the_selector_as_label_text():
-    from ansible_collections.runbook.ops.plugins.module_utils._isolation import validate_params
-
-    assert validate_params(_params()) == {"app": "web"}
-    assert validate_params(_params(pod_selector={"version": 2, "example.com/tier": "front-end"})) == {
+def test_options_hold_the_selector_as_label_text_and_the_evidence_defaults():
+    opts = options()
+    assert opts.pod_selector == {"app": "web"} and opts.state == "isolated" and opts.label_pods is True
+    assert opts.evidence.capture is True and opts.evidence.log_limit_bytes == 16777216
+    assert opts.evidence.compression == "zstd" and opts.evidence.since is None
+    assert opts.evidence.storage["repository"] == "file:///var/backups/runbook"
+    assert options(pod_selector={"version": 2, "example.com/tier": "front-end"}).pod_selector == {
         "version": "2", "example.com/tier": "front-end"}
-    assert validate_params(_params(pod_selector=None)) is None
-    assert validate_params(_params(state="released", incident_id=None, pod_selector=None)) is None
+    assert options(pod_selector=None).pod_selector is None
+    assert options(state="released", incident_id=None, pod_selector=None).incident_id is None
+    assert options(evidence={"since": "2h", "log_tail_lines": 50}).evidence.since == 7200
+
+
+def test_options_recorded_in_the_record():
+    assert options(allow_dns=True, scale_to_zero=["Deployment/web"]).options_recorded == {
+        "allow_dns": True, "allow_from_namespaces": [], "allow_cidrs": [], "suspend_services": False,
+        "scale_to_zero": ["Deployment/web"], "label_pods": True}
+
+
+def test_evidence_is_not_checked_when_nothing_is_captured():
+    assert options(state="released", evidence={"set": "../x"}).evidence.set == "../x"
+    assert options(evidence={"capture": False, "since": "whenever"}).evidence.since is None
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"state": "isolated"}, "incident_id"),                      # required with state=isolated
+    ({"state": "quarantined"}, "state"),
+    ({"evidence": {"compression": "lz4"}}, "compression"),
+    ({"evidence": {"access_key": "AKIA"}}, "secret_key"),        # keys come together
+])
+def test_the_argument_spec_refuses(params, words):
+    base = {"namespace": "auth"} if "state" in params else {"namespace": "auth", "incident_id": "inc-1"}
+    with pytest.raises(InvalidParams, match=words):
+        validated("ns_isolate", dict(base, **params))
 
 
 @pytest.mark.parametrize("overrides, words", [
     ({"namespace": "../kube-system"}, "namespace"),
+    ({"incident_id": "INC_1"}, "incident_id"),
+    ({"incident_id": None}, "incident_id None is not valid"),  # given as null: the argument spec lets it through
     ({"pod_selector": {"app": "web,tier=db"}}, "pod_selector[app]"),
     ({"pod_selector": {"app": None}}, "pod_selector[app] must be a label value"),
     ({"pod_selector": {"a b": "x"}}, "not a valid label key"),
     ({"allow_from_namespaces": ["Forensics"]}, "allow_from_namespaces[0]"),
     ({"allow_cidrs": ["10.0.0.0/33"]}, "allow_cidrs[0]"),
     ({"scale_to_zero": ["Deployment/../x"]}, "scale_to_zero entry"),
-    ({"evidence": {"capture": True, "set": "../x"}}, "evidence.set"),
-    ({"evidence": {"capture": True, "log_tail_lines": 0}}, "evidence.log_tail_lines"),
-    ({"evidence": {"capture": True, "log_limit_bytes": -1}}, "evidence.log_limit_bytes"),
-    ({"evidence": {"capture": True, "since": "0"}}, "evidence.since"),
+    ({"evidence": {"set": "../x"}}, "evidence.set"),
+    ({"evidence": {"log_tail_lines": 0}}, "evidence.log_tail_lines"),
+    ({"evidence": {"log_limit_bytes": -1}}, "evidence.log_limit_bytes"),
+    ({"evidence": {"since": "0"}}, "evidence.since"),
+    ({"evidence": {"repository": "ftp://host/x"}}, "repository"),
+    ({"evidence": {"encryption_recipients": ["with\x00nul"]}}, "encryption_recipients[0]"),
 ])
-def test_validate_params_refuses(overrides, words):
-    from ansible_collections.runbook.ops.plugins.module_utils._isolation import validate_params
-
+def test_options_refuse(overrides, words):
     with pytest.raises(RunbookError) as caught:
-        validate_params(_params(**overrides))
+        options(**overrides)
     assert words in caught.value.msg

@@ -15,8 +15,9 @@ import urllib.parse
 import pytest
 import yaml
 
-from ansible_collections.runbook.ops.plugins.module_utils import _k8s
+from ansible_collections.runbook.ops.plugins.module_utils import _k8s, _kubeconfig
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from tests.harness.tasks import make_task, validated
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,13 +99,32 @@ def test_inline_kubeconfig_dict_and_exec_plugin(tmp_path):
 def test_in_cluster(tmp_path, monkeypatch):
     (tmp_path / "token").write_text("sa-token\n")
     (tmp_path / "ca.crt").write_text("PEM")
-    monkeypatch.setattr(_k8s, "IN_CLUSTER_DIR", str(tmp_path))
+    monkeypatch.setattr(_kubeconfig, "IN_CLUSTER_DIR", str(tmp_path))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     settings = _k8s.resolve_settings({})
     assert settings.host == "https://10.96.0.1:443" and settings.token_file == str(tmp_path / "token")
     assert settings.source == "in-cluster service account"
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), float("inf")])
+def test_request_timeout_must_be_a_positive_finite_number(timeout):
+    with pytest.raises(RunbookError, match="request_timeout must be"):
+        _k8s.resolve_settings({"host": "https://h", "request_timeout": timeout})
+
+
+def test_request_timeout_default_comes_from_the_argument_spec():
+    params = validated("k8s_health", {"host": "https://h"})
+    assert params["request_timeout"] == 30
+    assert _k8s.resolve_settings(params).timeout == 30.0
+    assert _k8s.resolve_settings(validated("k8s_health", {"host": "https://h", "request_timeout": 2.5})).timeout == 2.5
+
+
+def test_names_that_moved_to_kubeconfig_are_still_importable_from_k8s():
+    for name in ("resolve_settings", "k8s_auth_argspec", "ConnectionSettings", "inline_kubeconfig_secrets",
+                 "AUTH_OPTIONS"):
+        assert getattr(_k8s, name) is getattr(_kubeconfig, name)
 
 
 def test_argspec_matches_kubernetes_core_names_and_env():
@@ -280,3 +300,27 @@ def test_list_namespaces_falls_back_per_namespace_when_cluster_list_is_forbidden
     assert [p["metadata"]["name"] for p in items["a"]] == ["p"] and items["b"] == []
     assert list(errors) == ["b"] and isinstance(errors["b"], _k8s.K8sForbidden)
     assert client.requests == 3
+
+
+def test_api_requests_are_reported_on_success_and_on_failure(api):
+    api.script["/api/v1/namespaces"] = [(200, {"kind": "NamespaceList", "items": []})]
+    client = client_for(api)
+    task = make_task("k8s_health", lambda params: None, {"host": api.url}, clients={_k8s.K8sClient.from_params: client})
+
+    def lists_twice(task):
+        task.client(_k8s.K8sClient.from_params).list("v1", "namespaces")
+        task.client(_k8s.K8sClient.from_params).list("v1", "namespaces")
+        return {"changed": False, "msg": "done"}
+    assert _k8s.reports_api_requests(lists_twice)(task)["api_requests"] == 2
+
+    def fails_after_one(task):
+        task.client(_k8s.K8sClient.from_params).list("v1", "namespaces")
+        raise RunbookError("gave up", findings=[])
+    with pytest.raises(RunbookError) as failed:
+        _k8s.reports_api_requests(fails_after_one)(task)
+    assert failed.value.details == {"findings": [], "api_requests": 3}
+
+    unconfigured = make_task("k8s_health", lambda params: None, {"host": "ftp://nowhere"})
+    with pytest.raises(RunbookError, match="only https://") as refused:
+        _k8s.reports_api_requests(lists_twice)(unconfigured)
+    assert refused.value.details["api_requests"] == 0

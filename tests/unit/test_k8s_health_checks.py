@@ -8,12 +8,20 @@ import pytest
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_health import (
-    Thresholds, check_certificate, check_events, check_jobs, check_node, check_pod, check_pvc, check_service,
-    check_workload,
+    HealthOptions, Thresholds, check_certificate, check_events, check_jobs, check_node, check_pod, check_pvc,
+    check_service, check_workload,
 )
+from tests.harness.tasks import InvalidParams, validated
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
-TH = Thresholds()
+
+
+def thresholds(**params) -> Thresholds:
+    """Thresholds as a k8s_health task with ``params`` gets them (the argument spec's defaults)."""
+    return Thresholds.from_params(validated("k8s_health", params))
+
+
+TH = thresholds()
 
 
 def ago(seconds: float) -> str:
@@ -95,7 +103,7 @@ def test_pod_pending_and_not_ready_respect_grace():
     assert pending["severity"] == "warning" and "Pending for 10m: 0/3 nodes" in pending["message"]
     assert check_pod(pod(ready=False, ready_since=ago(120)), NOW, TH) is None
     assert "not ready for 20m" in check_pod(pod(ready=False, ready_since=ago(1200)), NOW, TH)["message"]
-    lenient = Thresholds(pod_not_ready_grace=3600)
+    lenient = thresholds(pod_not_ready_grace="1h")
     assert check_pod(pod(ready=False, ready_since=ago(1200)), NOW, lenient) is None
 
 
@@ -204,10 +212,36 @@ def test_nodes():
 
 
 def test_thresholds_from_params_validate():
-    th = Thresholds.from_params({"pod_pending_grace": "90s", "event_window": "2h", "cert_warning_days": 10,
-                                 "cert_critical_days": 3, "restart_warning": 5})
+    th = thresholds(pod_pending_grace="90s", event_window="2h", cert_warning_days=10, cert_critical_days=3,
+                    restart_warning=5)
     assert (th.pod_pending_grace, th.event_window, th.restart_warning) == (90, 7200, 5)
+    assert (TH.restart_warning, TH.pod_pending_grace, TH.pod_not_ready_grace, TH.event_window) == (3, 300, 300, 3600)
+    assert (TH.cert_warning_days, TH.cert_critical_days) == (30, 7)
     with pytest.raises(RunbookError, match="must not exceed"):
-        Thresholds.from_params({"cert_warning_days": 5, "cert_critical_days": 10})
+        thresholds(cert_warning_days=5, cert_critical_days=10)
     with pytest.raises(RunbookError, match="not a duration"):
-        Thresholds.from_params({"event_window": "soon"})
+        thresholds(event_window="soon")
+    with pytest.raises(RunbookError, match="restart_warning must be at least 1"):
+        thresholds(restart_warning=0)
+
+
+def test_health_options_from_the_argument_spec():
+    opts = HealthOptions.from_params(validated("k8s_health", {"checks": ["pods", "nodes", "pods"],
+                                                              "now": "2026-03-01T06:00:00Z"}))
+    assert opts.checks == ["pods", "nodes"]
+    assert opts.exclude_namespaces == ["kube-system", "kube-public", "kube-node-lease"]
+    assert opts.fail_on == "never" and opts.namespaces is None
+    assert opts.now == datetime.datetime(2026, 3, 1, 6, 0, tzinfo=datetime.timezone.utc)
+    assert opts.thresholds == TH
+    with pytest.raises(RunbookError, match=r"namespaces\[1\] '../x' is not a valid Kubernetes name"):
+        HealthOptions.from_params(validated("k8s_health", {"namespaces": ["ok", "../x"]}))
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"checks": ["no-such-check"]}, "checks"),
+    ({"namespaces": ["a"], "namespace_selector": "team=a"}, "mutually exclusive"),
+    ({"fail_on": "sometimes"}, "fail_on"),
+])
+def test_the_argument_spec_refuses(params, words):
+    with pytest.raises(InvalidParams, match=words):
+        validated("k8s_health", params)

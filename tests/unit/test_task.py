@@ -87,7 +87,7 @@ def test_every_result_has_changed_and_duration_and_warnings_go_through_warn():
 def test_a_failure_keeps_the_partial_result_and_its_warnings():
     def action(task: Task[Options]) -> Result:
         task.warn("half done")
-        raise RunbookError("step two failed", changed=True, done=["one"], msg="ignored")
+        raise RunbookError.keeping("step two failed", {"changed": True, "done": ["one"], "msg": "half of it"})
 
     module = FakeModule({"name": "x", "count": 1})
     exited = run(module, action)
