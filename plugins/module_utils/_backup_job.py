@@ -142,9 +142,3 @@ def verified_entry(manifest: t.Mapping[str, t.Any], level: str, problems: t.Sequ
         "problems": list(problems),
         "details": details,
     }
-
-
-def silence_library_warnings() -> None:
-    """TEMPORARY: run_task does this now; removed once every module uses it."""
-    import warnings  # pylint: disable=import-outside-toplevel
-    warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -297,21 +297,3 @@ def options_from(cls: t.Type[OptionsT], params: t.Mapping[str, t.Any], **convert
         elif field.name in params:
             values[field.name] = params[field.name]
     return cls(**values)
-
-
-def run_module(module: t.Any, action: t.Callable[[t.Any], Result]) -> None:
-    """TEMPORARY shim while modules move to :func:`run_task`; removed before this change lands."""
-    try:
-        result = action(module)
-    except RunbookError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
-    except Exception as exc:  # pylint: disable=broad-except
-        module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc())
-    else:
-        for warning in result.pop("warnings", None) or []:
-            module.warn(warning)
-        failed_msg = result.pop("_fail_msg", None)
-        if failed_msg:
-            result.pop("msg", None)
-            module.fail_json(msg=failed_msg, **result)
-        module.exit_json(**result)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+
 Finding = t.Dict[str, t.Any]
 
 SEVERITIES = ("ok", "info", "warning", "unknown", "critical")
@@ -58,3 +60,30 @@ def reaches(status: str, fail_on: str) -> bool:
 def sort_findings(findings: t.List[Finding]) -> t.List[Finding]:
     """Worst first, then by check and object, so reports read the same on every run."""
     return sorted(findings, key=lambda f: (-_RANK[f["severity"]], f["check"], f["object"], f["message"]))
+
+
+def counts_text(summary: t.Mapping[str, int]) -> str:
+    """``2 critical, 1 warning``: the severities that need a look, worst first."""
+    return ", ".join("%d %s" % (summary[s], s) for s in ("critical", "unknown", "warning") if summary.get(s))
+
+
+def judged(subject: str, findings: t.Sequence[Finding], fail_on: str, context: str = "",
+           **fields: t.Any) -> t.Dict[str, t.Any]:
+    """The result of a module that judges health: ``status``, ``summary``, sorted ``findings``,
+    ``changed: false`` and a ``msg`` like ``<subject> is warning: 1 warning (<context>)``, plus
+    ``fields``. When ``status`` reaches ``fail_on`` the task fails with every field kept."""
+    ordered = sort_findings(list(findings))
+    status, summary = summarize(ordered)
+    counts = counts_text(summary)
+    result: t.Dict[str, t.Any] = dict(fields)
+    result.update({
+        "changed": False,
+        "msg": "%s is %s: %s%s" % (subject, status, counts or "nothing to report",
+                                    " (%s)" % context if context else ""),
+        "status": status,
+        "summary": summary,
+        "findings": ordered,
+    })
+    if reaches(status, fail_on):
+        raise RunbookError.keeping("%s is %s (fail_on: %s): %s" % (subject, status, fail_on, counts), result)
+    return result

@@ -19,7 +19,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Task, isoformat, options_from, parse_time,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._findings import (
-    Finding, finding, reaches, sort_findings, summarize, worst,
+    Finding, finding, judged, worst,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
     K8sClient, K8sError, K8sForbidden, K8sNotFound, K8sObject, reports_api_requests,
@@ -536,26 +536,10 @@ def run_health(task: Task[HealthOptions]) -> Result:
     if "nodes" in opts.checks:
         scan.nodes()
     per_ns = scan.namespace_summaries()
-    findings = sort_findings(scan.findings)
-    status, summary = summarize(findings)
-    counts = ", ".join("%d %s" % (summary[s], s) for s in ("critical", "unknown", "warning") if summary[s])
-    result: Result = {
-        "changed": False,
-        "msg": "cluster health is %s: %s (%d namespace(s), checks: %s)" % (
-            status, counts or "nothing to report", len(per_ns), ", ".join(scan.ran) or "none"),
-        "status": status,
-        "summary": summary,
-        "findings": findings,
-        "namespaces": per_ns,
-        "checks_run": scan.ran,
-        "checks_not_applicable": scan.not_applicable,
-        "checked_at": isoformat(opts.now),
-    }
-    if reaches(status, opts.fail_on):
-        # The failure's message replaces the verdict; every other field is kept.
-        kept = {key: value for key, value in result.items() if key != "msg"}
-        raise RunbookError("cluster health is %s (fail_on: %s): %s" % (status, opts.fail_on, counts), **kept)
-    return result
+    return judged("cluster health", scan.findings, opts.fail_on,
+                  "%d namespace(s), checks: %s" % (len(per_ns), ", ".join(scan.ran) or "none"),
+                  namespaces=per_ns, checks_run=scan.ran, checks_not_applicable=scan.not_applicable,
+                  checked_at=isoformat(opts.now))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_no_secret_of_any_module_at_vvvv(kube_cluster, kube_namespace, inline_ku
     # The tasks really ran: the successful ones and each kind of refusal are in the output.
     assert printed.count("VALUE_SPECIFIED_IN_NO_LOG_PARAMETER") >= 5
     assert "Unsupported parameters" in printed
-    assert "request_timeout must be a positive number" in printed
+    assert "request_timeout must be above 0" in printed
     recap = output.rsplit("PLAY RECAP", 1)[1]
     assert "ok=" in recap and "ignored=" in recap
     for name in ("k8s_health inline kubeconfig", "pg_backup to S3", "redis_snapshot to S3",
