@@ -78,8 +78,8 @@ def judged(subject: str, findings: t.Sequence[Finding], fail_on: str, context: s
     result: t.Dict[str, t.Any] = dict(fields)
     result.update({
         "changed": False,
-        "msg": "%s is %s: %s%s" % (subject, status, counts or "nothing to report",
-                                    " (%s)" % context if context else ""),
+        "msg": "%s is %s: %s%s" % (
+            subject, status, counts or "nothing to report", " (%s)" % context if context else ""),
         "status": status,
         "summary": summary,
         "findings": ordered,
