@@ -40,6 +40,12 @@ options:
         reported as not speaking TLS on that port.
     type: bool
     default: false
+  validate_certs:
+    description:
+      - Verify the certificate of the Redis server (against O(ca_certs)) and its name (O(login_host)) when O(tls=true).
+      - Turn it off only for a test server; the password is still sent.
+    type: bool
+    default: true
   ca_certs:
     description:
       - CA bundle (PEM) to verify the server certificate with, when O(tls=true); empty means the system's.
@@ -56,4 +62,12 @@ options:
       - Must be above 0 (at most a day).
     type: float
     default: 10.0
+  command_names:
+    description:
+      - Commands renamed on the server with C(rename-command), as a mapping of the command to its name on the server,
+        for example C(BGSAVE) to C(HIPAA_BGSAVE_i9j0k1l2). Keys are case-insensitive.
+      - A command the server does not know (disabled or renamed and not listed here) fails with a message naming it
+        and this option; the health checks that need it report V(unknown).
+    type: dict
+    default: {}
 """

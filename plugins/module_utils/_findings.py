@@ -9,6 +9,7 @@ checked" and ranks above ``warning``: a check we could not run must never read a
 
 from __future__ import annotations
 
+import dataclasses
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
@@ -87,3 +88,21 @@ def judged(subject: str, findings: t.Sequence[Finding], fail_on: str, context: s
     if reaches(status, fail_on):
         raise RunbookError.keeping("%s is %s (fail_on: %s): %s" % (subject, status, fail_on, counts), result)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """A warning and a critical level of one measure (None: that level is not judged)."""
+
+    warning: t.Optional[float]
+    critical: t.Optional[float]
+    lower_is_worse: bool = False
+
+    def grade(self, value: t.Optional[float]) -> str:
+        """``critical``, ``warning`` or ``ok`` for ``value``."""
+        if value is None:
+            return "ok"
+        for severity, level in (("critical", self.critical), ("warning", self.warning)):
+            if level is not None and (value <= level if self.lower_is_worse else value >= level):
+                return severity
+        return "ok"

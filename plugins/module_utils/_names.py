@@ -29,6 +29,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import Runbook
 
 MAX_SEGMENT_BYTES = 200
 PG_MAX_NAME_BYTES = 63
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BACKUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
 _HOST = re.compile(r"^[A-Za-z0-9:\[][A-Za-z0-9._:%\[\]-]*$")
@@ -273,12 +275,12 @@ def duration(what: str, value: t.Any, minimum: float = 0.0, maximum: float = 100
     try:
         return number(what, seconds, minimum, maximum, above)
     except RunbookError:
-        bounds = ("longer than %s" % _human_seconds(minimum) if above else "of at least %s" % _human_seconds(minimum))
+        bounds = ("longer than %s" % human_seconds(minimum) if above else "of at least %s" % human_seconds(minimum))
         raise RunbookError("%s must be a duration %s and at most %s, not %s"
-                           % (what, bounds, _human_seconds(maximum), shown(value)))
+                           % (what, bounds, human_seconds(maximum), shown(value)))
 
 
-def _human_seconds(seconds: float) -> str:
+def human_seconds(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return "%d%s" % (seconds // size, unit)
@@ -293,3 +295,30 @@ def local_path(what: str, value: t.Any) -> str:
     if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise RunbookError("%s %s is longer than %d bytes" % (what, shown(text), MAX_PATH_BYTES))
     return text
+
+
+def byte_size(what: str, value: t.Any) -> int:
+    """A size option: a number of bytes or ``512kB``, ``16MB``, ``1GiB``, ``5GB`` (1024-based)."""
+    if isinstance(value, bool):
+        raise RunbookError("%s %s is not a size" % (what, shown(value)))
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = _SIZE_RE.match(no_control(what, value))
+        if not match:
+            raise RunbookError("%s %s is not a size (a number of bytes, or e.g. 512kB, 16MB, 1GB)" % (what, shown(value)))
+        number, unit = float(match.group(1)), (match.group(2) or "").lower().replace("i", "").replace("b", "")
+    if number < 0 or not math.isfinite(number):
+        raise RunbookError("%s must be a size of at least 0 bytes, not %s" % (what, shown(value)))
+    return int(number * _SIZE_UNITS[unit])
+
+
+def human_bytes(size: t.Optional[float]) -> str:
+    if size is None:
+        return "unknown"
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1024 or unit == "TB":
+            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
+        value /= 1024
+    return "%d B" % size  # pragma: no cover

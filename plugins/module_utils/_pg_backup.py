@@ -27,7 +27,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Stopwatch, Task, options_from)
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    _human_seconds as human_seconds, check_params, int_in, no_control, optional, path_segment, pg_name, shown)
+    human_seconds, check_params, int_in, no_control, optional, path_segment, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_archive import (
     CUSTOM_OBJECT, KIND, Spool, StoredBackup)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import (

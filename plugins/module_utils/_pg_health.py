@@ -18,13 +18,13 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import Result, RunbookError, Task, options_from
 from ansible_collections.runbook.ops.plugins.module_utils._findings import (
-    Finding, finding, judged)
+    Finding, Limit, finding, judged)
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    _human_seconds as human_seconds, check_params, duration, number, pg_name)
+    byte_size, check_params, duration, human_bytes, human_seconds, number, pg_name)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
     PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import (
-    IndexStats, TableStats, byte_size, human_bytes, read_indexes, read_tables)
+    IndexStats, TableStats, read_indexes, read_tables)
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import psycopg
@@ -47,24 +47,6 @@ DURATION_THRESHOLDS = ("transaction_age", "idle_in_transaction", "lock_wait", "v
 SIZE_THRESHOLDS = ("bloat", "database_size", "replication_lag_bytes", "slot_retained_wal")
 NUMBER_THRESHOLDS = ("connections", "txid_age", "freeze_max_age", "dead_tuples", "cache_hit_ratio")
 LOWER_IS_WORSE = ("cache_hit_ratio",)
-
-
-@dataclasses.dataclass(frozen=True)
-class Limit:
-    """A warning and a critical level of one measure (None: that level is not judged)."""
-
-    warning: t.Optional[float]
-    critical: t.Optional[float]
-    lower_is_worse: bool = False
-
-    def grade(self, value: t.Optional[float]) -> str:
-        """``critical``, ``warning`` or ``ok`` for ``value``."""
-        if value is None:
-            return "ok"
-        for severity, level in (("critical", self.critical), ("warning", self.warning)):
-            if level is not None and (value <= level if self.lower_is_worse else value >= level):
-                return severity
-        return "ok"
 
 
 def _level(kind: str, what: str, value: t.Any) -> t.Optional[float]:

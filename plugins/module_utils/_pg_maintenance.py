@@ -24,12 +24,12 @@ import typing as t
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Stopwatch, Task, options_from, parse_time, utcnow)
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    check_params, duration, number, pg_name, shown)
+    byte_size, check_params, duration, human_bytes, number, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import quote_ident, server_major
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
     PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import (
-    IndexStats, TableStats, byte_size, human_bytes, read_indexes, read_tables)
+    IndexStats, TableStats, read_indexes, read_tables)
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import psycopg

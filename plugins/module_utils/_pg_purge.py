@@ -29,7 +29,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._names import (
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import quote_ident
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
     PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
-from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import byte_size, human_bytes
+from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size, human_bytes
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import psycopg

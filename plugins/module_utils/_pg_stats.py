@@ -20,8 +20,6 @@ import math
 import re
 import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
-from ansible_collections.runbook.ops.plugins.module_utils._names import no_control, shown
 
 if t.TYPE_CHECKING:  # pragma: no cover
     import datetime
@@ -37,8 +35,6 @@ _INDEX_TUPLE_HEADER = 8
 _ITEM_POINTER = 4
 _MAXALIGN = 8
 _BTREE_DEFAULT_FILLFACTOR = 90
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname, c.relpages, c.reltuples::float8, pg_relation_size(c.oid), pg_total_relation_size(c.oid),
@@ -83,33 +79,6 @@ SELECT n.nspname, ic.relname, tc.relname, am.amname, i.indisvalid, i.indisready,
    AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
  ORDER BY 1, 2
 """
-
-
-def byte_size(what: str, value: t.Any) -> int:
-    """A size option: a number of bytes or ``512kB``, ``16MB``, ``1GiB``, ``5GB`` (1024-based)."""
-    if isinstance(value, bool):
-        raise RunbookError("%s %s is not a size" % (what, shown(value)))
-    if isinstance(value, (int, float)):
-        number, unit = float(value), ""
-    else:
-        match = _SIZE_RE.match(no_control(what, value))
-        if not match:
-            raise RunbookError("%s %s is not a size (a number of bytes, or e.g. 512kB, 16MB, 1GB)" % (what, shown(value)))
-        number, unit = float(match.group(1)), (match.group(2) or "").lower().replace("i", "").replace("b", "")
-    if number < 0 or not math.isfinite(number):
-        raise RunbookError("%s must be a size of at least 0 bytes, not %s" % (what, shown(value)))
-    return int(number * _SIZE_UNITS[unit])
-
-
-def human_bytes(size: t.Optional[float]) -> str:
-    if size is None:
-        return "unknown"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return ("%d %s" % (value, unit)) if unit == "B" else ("%.1f %s" % (value, unit))
-        value /= 1024
-    return "%d B" % size  # pragma: no cover
 
 
 def _align(size: float) -> float:

@@ -31,6 +31,10 @@ Reply = t.Any
 """A RESP reply: str, bytes, int, None, a list of replies, or a :class:`RedisReplyError` (in a pipeline)."""
 
 
+Arg = t.Union[str, bytes, bytearray, int]
+"""One argument of a command."""
+
+
 class RedisReplyError(RunbookError):
     """An error reply (``-ERR ...``, ``-NOPERM ...``) from the server."""
 
@@ -38,6 +42,22 @@ class RedisReplyError(RunbookError):
         super().__init__(text)
         self.text = text
         self.code = text.split(" ", 1)[0] if text else ""
+
+
+class UnknownCommand(RedisReplyError):
+    """The server does not know the command: disabled or renamed with ``rename-command``. ``text``
+    names the command and the ``command_names`` option; ``server_text`` is what the server said."""
+
+    def __init__(self, server_text: str, command: str, where: str, mapped: bool) -> None:
+        if mapped:
+            hint = "the name given in command_names.%s is not known to the server either" % command
+        else:
+            hint = ("if it was renamed with rename-command, set command_names: {%s: <its name on the server>}"
+                    % command)
+        super().__init__("%s is disabled or renamed on Redis at %s (%s); %s"
+                         % (command, where, server_text.split(",", 1)[0], hint))
+        self.server_text = server_text
+        self.command = command
 
 
 # --------------------------------------------------------------------------- options
@@ -56,10 +76,28 @@ def redis_connection_argspec() -> t.Dict[str, t.Any]:
         client_cert_file=dict(type="str"),
         client_key_file=dict(type="str"),
         connect_timeout=dict(type="float", default=10.0),
+        command_names=dict(type="dict", default={}),
     )
 
 
 REDIS_CONNECTION_REQUIRED_BY = {"client_key_file": ("client_cert_file",)}
+_COMMAND = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_RENAMED = re.compile(r"^[!-~]+$")
+
+
+def _command_names(what: str, value: t.Any) -> t.Dict[str, str]:
+    """``{logical command: its name on the server}`` (``rename-command``), keys upper-cased."""
+    if not isinstance(value, dict):
+        raise RunbookError("%s must be a mapping such as {BGSAVE: HIPAA_BGSAVE_1234}" % what)
+    names: t.Dict[str, str] = {}
+    for logical, renamed in value.items():
+        if not isinstance(logical, str) or not _COMMAND.match(logical):
+            raise RunbookError("%s: %s is not a Redis command name" % (what, shown(logical)))
+        if not isinstance(renamed, str) or not _RENAMED.match(renamed):
+            raise RunbookError("%s.%s: %s is not a command name (printable ASCII, no spaces; a disabled command "
+                               "cannot be given a name)" % (what, logical, shown(renamed)))
+        names[logical.upper()] = renamed
+    return names
 
 
 def _plain_password(what: str, value: t.Any) -> str:
@@ -94,6 +132,7 @@ class RedisConnectionOptions:
     client_cert_file: t.Optional[str]
     client_key_file: t.Optional[str]
     connect_timeout: float
+    command_names: t.Mapping[str, str]
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "RedisConnectionOptions":
@@ -102,7 +141,7 @@ class RedisConnectionOptions:
             raise RunbookError("login_host is empty")
         number("login_port", params["login_port"], 1, 65535)
         number("connect_timeout", params["connect_timeout"], 0, 86400, above=True)
-        return options_from(cls, params)
+        return options_from(cls, params, command_names=_command_names("command_names", params["command_names"]))
 
     @property
     def where(self) -> str:
@@ -160,13 +199,15 @@ class RedisConnection:
     as exception objects). Open one with :meth:`open` or :meth:`open_unix`."""
 
     def __init__(self, sock: socket.socket, where: str, user: t.Optional[str] = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, command_names: t.Optional[t.Mapping[str, str]] = None) -> None:
         self.sock = sock
         self.where = where
         self.user = user
         self.connect_timeout = connect_timeout
+        self.command_names: t.Mapping[str, str] = dict(command_names or {})
         self._buf = bytearray()
         self._pos = 0
+        self._answered = False
 
     @classmethod
     def open(cls, options: RedisConnectionOptions, timeout: t.Optional[float] = None,
@@ -185,7 +226,7 @@ class RedisConnection:
             # The socket still has connect_timeout: a plain-text port, which waits for a full command
             # line, fails the handshake within that time and is reported as not speaking TLS.
             raw = tls_handshake(raw, context, options.login_host, "Redis at %s" % where)
-        conn = cls(raw, where, options.login_user, timeout)
+        conn = cls(raw, where, options.login_user, timeout, options.command_names)
         if authenticate and options.login_password:
             conn.authenticate(options.login_password)
         return conn
@@ -225,7 +266,7 @@ class RedisConnection:
 
     # ---- wire
     @staticmethod
-    def encode(args: t.Sequence[t.Union[str, bytes, bytearray, int]]) -> bytes:
+    def encode(args: t.Sequence[Arg]) -> bytes:
         out = [b"*%d\r\n" % len(args)]
         for arg in args:
             if isinstance(arg, (bytes, bytearray)):
@@ -250,12 +291,19 @@ class RedisConnection:
         try:
             chunk = self.sock.recv(CHUNK)
         except socket.timeout:
-            raise RunbookError("Redis at %s did not answer in time (%s)" % (self.where, what))
+            raise RunbookError("Redis at %s did not answer in time (%s)%s" % (self.where, what, self._tls_hint()))
         except OSError as exc:
-            raise RunbookError("lost the connection to Redis at %s (%s): %s" % (self.where, what, exc))
+            raise RunbookError("lost the connection to Redis at %s (%s): %s%s" % (self.where, what, exc, self._tls_hint()))
         if not chunk:
-            raise RunbookError("Redis at %s closed the connection (%s)" % (self.where, what))
+            raise RunbookError("Redis at %s closed the connection (%s)%s" % (self.where, what, self._tls_hint()))
+        self._answered = True
         self._buf += chunk
+
+    def _tls_hint(self) -> str:
+        # A TLS port drops a plain-text client without a word: say so when the very first reply never came.
+        if self._answered or isinstance(self.sock, ssl.SSLSocket) or self.sock.family == socket.AF_UNIX:
+            return ""
+        return "; it never answered this connection: if the port speaks TLS, set tls: true"
 
     def read_line(self, what: str = "reply") -> bytes:
         while True:
@@ -302,18 +350,31 @@ class RedisConnection:
             return [self.read_reply() for _index in range(count)]
         raise RunbookError("Redis at %s sent an unexpected reply %r" % (self.where, line[:40]))
 
-    def call(self, *args: t.Union[str, bytes, bytearray, int]) -> Reply:
-        self.send(self.encode(args))
-        reply = self.read_reply()
+    def renamed(self, args: t.Sequence[Arg]) -> t.List[Arg]:
+        """``args`` with the command as the server names it (``command_names``)."""
+        out = list(args)
+        if out and isinstance(out[0], str):
+            out[0] = self.command_names.get(out[0].upper(), out[0])
+        return out
+
+    def _checked(self, args: t.Sequence[Arg], reply: Reply) -> Reply:
+        if isinstance(reply, RedisReplyError) and reply.text.startswith("ERR unknown command"):
+            return UnknownCommand(reply.text, str(args[0]).upper() if args else "", self.where,
+                                  bool(args) and str(args[0]).upper() in self.command_names)
+        return reply
+
+    def call(self, *args: Arg) -> Reply:
+        self.send(self.encode(self.renamed(args)))
+        reply = self._checked(args, self.read_reply())
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply
 
-    def pipeline(self, commands: t.Sequence[t.Sequence[t.Union[str, bytes, bytearray, int]]]) -> t.List[Reply]:
+    def pipeline(self, commands: t.Sequence[t.Sequence[Arg]]) -> t.List[Reply]:
         if not commands:
             return []
-        self.send(b"".join(self.encode(c) for c in commands))
-        return [self.read_reply() for _command in commands]
+        self.send(b"".join(self.encode(self.renamed(c)) for c in commands))
+        return [self._checked(c, self.read_reply()) for c in commands]
 
     # ---- helpers
     def info(self, section: str = "") -> Info:

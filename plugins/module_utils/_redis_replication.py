@@ -14,7 +14,7 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
-    RedisConnection, RedisReplyError, permission_error)
+    RedisConnection, RedisReplyError, UnknownCommand, permission_error)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import CHUNK, StreamError
 
 EOF_MARK_LEN = 40
@@ -45,10 +45,12 @@ class ReplicationSource:
             except RedisReplyError as exc:
                 if exc.code == "NOPERM":
                     raise permission_error(conn, exc, "REPLCONF", REPLICATION_RIGHTS)
+                if isinstance(exc, UnknownCommand):
+                    raise RunbookError("%s; or use method=bgsave, which does not need it" % exc.text)
                 if args[1] == "rdb-only" and "Unrecognized" in exc.text:
                     continue  # before Redis 7.0: the transfer is still an RDB, we close after it
                 raise RunbookError("REPLCONF %s refused by Redis at %s: %s" % (args[1], conn.where, exc.text))
-        conn.send(conn.encode(["SYNC"]))
+        conn.send(conn.encode(conn.renamed(["SYNC"])))
         conn.sock.settimeout(max(TRANSFER_IDLE_TIMEOUT, conn.connect_timeout))
         while True:
             # Keep-alive newlines (a bare "\n") precede the reply while the server prepares the snapshot.
@@ -59,6 +61,9 @@ class ReplicationSource:
                 refused = RedisReplyError(line[1:].decode("utf-8", "replace"))
                 if refused.code == "NOPERM":
                     raise permission_error(conn, refused, "SYNC", REPLICATION_RIGHTS)
+                if refused.text.startswith("ERR unknown command"):
+                    raise RunbookError("%s; or use method=bgsave, which does not need it"
+                                       % UnknownCommand(refused.text, "SYNC", conn.where, "SYNC" in conn.command_names).text)
                 raise RunbookError("SYNC refused by Redis at %s: %s" % (conn.where, refused.text))
             if line.startswith(b"$EOF:"):
                 self.marker = line[5:]

@@ -28,7 +28,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._rdb import (
     KIND, OBJECT_NAME, InspectingReader, RDBInspector, Readable, StoredSnapshot, check_rdb_stream, databases_needed,
     recorded_keys)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
-    Info, RedisConnection, RedisConnectionOptions, RedisReplyError, info_int, keys_per_db, keyspace_differences,
+    Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, keys_per_db, keyspace_differences,
     open_redis, permission_error, redis_connection_argspec, server_facts)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_files import LocalError
 from ansible_collections.runbook.ops.plugins.module_utils._redis_replication import REPLICATION_RIGHTS, ReplicationSource
@@ -279,6 +279,8 @@ def bgsave_and_wait(conn: RedisConnection, timeout: float) -> t.Dict[str, t.Any]
         except RedisReplyError as exc:
             if exc.code == "NOPERM":
                 raise permission_error(conn, exc, "BGSAVE", BGSAVE_RIGHTS)
+            if isinstance(exc, UnknownCommand):
+                raise RunbookError(exc.text)
             if "already in progress" not in exc.text:
                 raise RunbookError("BGSAVE refused by Redis at %s: %s" % (conn.where, exc.text))
             facts["waited_for_running_bgsave"] = True

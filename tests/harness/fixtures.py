@@ -166,7 +166,37 @@ def make_tls_files(directory: Path, common_name: str = "harness-ca") -> TLSFiles
     files.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption()))
     files.key_file.chmod(0o600)
+    ca_key_file = directory / "ca-key.pem"
+    ca_key_file.write_bytes(ca_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+    ca_key_file.chmod(0o600)
     return files
+
+
+def make_client_cert(files: TLSFiles, name: str = "runbook-client") -> t.Tuple[Path, Path]:
+    """A client certificate (and its 0600 key) signed by the CA of ``files``, next to them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key((files.ca_file.parent / "ca-key.pem").read_bytes(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = files.ca_file.parent / ("%s.pem" % name), files.ca_file.parent / ("%s-key.pem" % name)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
 
 
 @pytest.fixture(scope="session")
@@ -176,3 +206,28 @@ def redis_tls(_session_services: _Services) -> RedisServer:
     files = make_tls_files(workdir / "tls")
     return _session_services.add(RedisServer(workdir, name="redis-tls", tls_cert_file=files.cert_file,
                                              tls_key_file=files.key_file, tls_ca_file=files.ca_file))
+
+
+# The HIPAA platform's Redis: a password, TLS with client certificates and a renamed BGSAVE.
+REDIS_RENAMED_BGSAVE = "HIPAA_BGSAVE_i9j0k1l2"
+# Least-privilege users, as documented: the health checks, and a user that may not run INFO.
+REDIS_HEALTH_USER = "health"
+REDIS_HEALTH_PASSWORD = "harness-health-secret"
+REDIS_HEALTH_ACL = ("%s on >%s -@all +ping +info +slowlog|get +config|get +acl|log +acl|getuser +acl|dryrun"
+                    % (REDIS_HEALTH_USER, REDIS_HEALTH_PASSWORD))
+REDIS_NOINFO_USER = "noinfo"
+REDIS_NOINFO_PASSWORD = "harness-noinfo-secret"
+REDIS_NOINFO_ACL = "%s on >%s ~* +@all -info -config -slowlog -acl" % (REDIS_NOINFO_USER, REDIS_NOINFO_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def redis_hardened(_session_services: _Services) -> RedisServer:
+    """TLS port requiring a client certificate (``client_cert_file``/``client_key_file`` attributes), a password,
+    BGSAVE renamed to :data:`REDIS_RENAMED_BGSAVE`, and the health and no-INFO ACL users."""
+    workdir = _session_services.workdir("redis-hardened")
+    files = make_tls_files(workdir / "tls")
+    server = RedisServer(workdir, name="redis-hardened", tls_cert_file=files.cert_file, tls_key_file=files.key_file,
+                         tls_ca_file=files.ca_file, tls_auth_clients=True, users=[REDIS_HEALTH_ACL, REDIS_NOINFO_ACL],
+                         extra_config=["rename-command BGSAVE %s" % REDIS_RENAMED_BGSAVE])
+    server.client_cert_file, server.client_key_file = make_client_cert(files)
+    return _session_services.add(server)

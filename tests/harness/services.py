@@ -120,6 +120,7 @@ class PostgresServer:
 class RedisServer:
     """Debian's redis-server. ``appendonly`` switches AOF on; ``users`` adds ACL lines.
 
+    ``extra_config`` lines are appended to redis.conf as given (``rename-command``, ``maxclients``, ...).
     With ``tls_cert_file`` and ``tls_key_file`` it also listens with TLS on ``tls_port`` (the plain
     ``port`` stays, so the harness's own client and readiness check are unchanged); ``tls_ca_file`` is
     the CA clients verify it with, and ``tls_auth_clients`` asks clients for a certificate.
@@ -129,8 +130,9 @@ class RedisServer:
                  appendonly: bool = False, users: t.Sequence[str] = (), port: t.Optional[int] = None,
                  tls_cert_file: t.Optional[Path] = None, tls_key_file: t.Optional[Path] = None,
                  tls_ca_file: t.Optional[Path] = None, tls_auth_clients: bool = False,
-                 tls_port: t.Optional[int] = None) -> None:
+                 tls_port: t.Optional[int] = None, extra_config: t.Sequence[str] = ()) -> None:
         self.workdir = Path(workdir)
+        self.extra_config = list(extra_config)
         self.name = name
         self.password = password
         self.appendonly = appendonly
@@ -161,6 +163,7 @@ class RedisServer:
             "requirepass %s" % self.password,
         ]
         lines += ["user %s" % spec for spec in self.users]
+        lines += self.extra_config
         if self.tls_port:
             lines += ["tls-port %d" % self.tls_port, "tls-cert-file %s" % self.tls_cert_file,
                       "tls-key-file %s" % self.tls_key_file,

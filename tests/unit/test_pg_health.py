@@ -11,7 +11,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import Runbook
 from ansible_collections.runbook.ops.plugins.module_utils._pg_health import (
     Activity, Limit, PgHealthOptions, Replica, Slot, judge_cache, judge_connections, judge_indexes, judge_lock_waits,
     judge_replica, judge_slot, judge_tables, judge_transactions, judge_wraparound)
-from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import IndexStats, TableStats, byte_size
+from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size
+from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import IndexStats, TableStats
 from tests.harness.tasks import InvalidParams, make_task
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
