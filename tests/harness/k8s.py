@@ -338,9 +338,10 @@ class KubeCluster:
             self.controller_manager.spawn([
                 _binary(bin_dir, "kube-controller-manager"),
                 "--kubeconfig", str(wd / "controller-manager.kubeconfig"),
-                # Every default controller except the node lifecycle one: with no kubelet heartbeat
-                # it would mark the fake node NotReady and evict the Pods bound to it.
-                "--controllers", "*,-node-lifecycle-controller",
+                # Every default controller except the node lifecycle one (it would mark the stand-in
+                # Node NotReady and evict its Pods) and the HPA one (there is no metrics API: it
+                # would only fill the namespaces with FailedGetResourceMetric warnings).
+                "--controllers", "*,-node-lifecycle-controller,-horizontal-pod-autoscaler-controller",
                 "--service-account-private-key-file", str(wd / "sa.key"),
                 "--root-ca-file", str(wd / "ca.crt"),
                 "--use-service-account-credentials=true",
