@@ -425,8 +425,8 @@ def status() -> int:
     if cluster is None or not cluster.running():
         print("%-14s stopped" % "kubernetes")
         return 1
-    print("%-14s running %s (KWOK %s)" % ("kubernetes", cluster.server,
-                                        "running" if cluster.node_agent_running() else "stopped"))
+    agent = "running" if cluster.node_agent_running() else "stopped"
+    print("%-14s running %s (KWOK %s)" % ("kubernetes", cluster.server, agent))
     client = cluster.client()
     for platform in plat.load().values():
         lines = plat.describe(client, platform)

@@ -104,8 +104,8 @@ def _bound(client: t.Any, ns: str, claim: str) -> bool:
 
 
 def service_body(ns: str, svc: dict) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc["name"], "namespace": ns,
-                                                                  "labels": {"app": svc["app"]}},
+    meta = {"name": svc["name"], "namespace": ns, "labels": {"app": svc["app"]}}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"selector": {"app": svc["app"]},
                      "ports": [{"name": "tcp-%d" % svc["port"], "port": svc["port"], "targetPort": svc["port"]}]}}
 
@@ -241,9 +241,9 @@ def describe(client: t.Any, platform: dict) -> t.List[str]:
     for workload in platform["platform_workloads"]:
         plural = "deployments" if workload["kind"] == "Deployment" else "statefulsets"
         obj = client.get("apps/v1", plural, workload["name"], ns, missing_ok=True) or {}
-        lines.append("  %-12s %-18s %s/%s ready" % (workload["kind"], workload["name"],
-                                                      (obj.get("status") or {}).get("readyReplicas", 0),
-                                                      workload["replicas"]))
+        ready_replicas = (obj.get("status") or {}).get("readyReplicas", 0)
+        lines.append("  %-12s %-18s %s/%s ready"
+                     % (workload["kind"], workload["name"], ready_replicas, workload["replicas"]))
     for svc in platform["platform_services"]:
         slices = client.list("discovery.k8s.io/v1", "endpointslices", ns,
                              label_selector="kubernetes.io/service-name=%s" % svc["name"])
