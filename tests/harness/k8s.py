@@ -391,6 +391,10 @@ class KubeCluster:
         self.kwok.spawn(argv)
         if admin.get("v1", "nodes", kwok.NODE_NAME, missing_ok=True) is None:
             admin.create("v1", "nodes", kwok.node())
+        else:
+            # A restarted cluster (the lab after a reboot): KWOK listens on a new port, so let it
+            # initialise its Node again, which records that port as the kubelet endpoint.
+            admin.modify("v1", "nodes", kwok.NODE_NAME, lambda obj: dict(obj, status={}), subresource="status")
         self.kwok.wait_until(lambda: kwok.node_ready(admin), timeout=timeout, what="running its Node (Ready)")
 
     @property
