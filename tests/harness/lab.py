@@ -36,6 +36,8 @@ LAB = Path(os.environ.get("RUNBOOK_LAB_DIR", REPO / ".lab"))
 STATE = LAB / "lab.json"
 VARS = REPO / "inventories" / "lab" / "group_vars" / "all" / "lab.yml"
 BUCKET = "lab-backups"
+# What .lab holds; an older layout (namespaces auth/policy, no KWOK) is not upgraded in place.
+LAYOUT = 2
 HIPAA_BGSAVE = "HIPAA_BGSAVE_i9j0k1l2"
 SCALE_HELP = ("RUNBOOK_LAB_SCALE=1 (default) fills about 16 MB of PostgreSQL data and 17 MB of Redis; "
               "RUNBOOK_LAB_SCALE=64 about 1 GB of each")
@@ -117,7 +119,7 @@ def _tls() -> t.Dict[str, Path]:
 
 def _new_state() -> dict:
     from tests.harness.process import free_port
-    return {"pg_password": secrets.token_urlsafe(18), "redis_password": secrets.token_urlsafe(18),
+    return {"layout": LAYOUT, "pg_password": secrets.token_urlsafe(18), "redis_password": secrets.token_urlsafe(18),
             "redis_tls_password": secrets.token_urlsafe(18), "app_passwords": {},
             "pg_port": free_port(), "redis_port": free_port(), "redis_tls_port": free_port(),
             "redis_tls_plain_port": free_port(), "redis_target_port": free_port(), "s3_port": free_port()}
@@ -359,6 +361,10 @@ def up() -> int:
     LAB.mkdir(parents=True, exist_ok=True)
     LAB.chmod(0o755)
     state = _load() or _new_state()
+    if state.get("layout") != LAYOUT:
+        print("lab: %s was made by an earlier version of the lab (namespaces auth and policy, no KWOK); "
+              "run `make lab-down`, remove %s and run `make lab` again" % (LAB, LAB))
+        return 1
     STATE.write_text(json.dumps(state, indent=2))
     STATE.chmod(0o600)
     platforms = plat.load()
