@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.harness.collection import ensure_collection_path, run_playbook  # noqa: E402
-from tests.harness.k8s import Kubelet, KubeCluster, deployment, namespace, service  # noqa: E402
+from tests.harness.k8s import KubeCluster, deployment, namespace, service  # noqa: E402
 
 ANSIBLE_VERSION = "12.3.0"  # the community package release that pairs with ansible-core 2.19
 CACHE = Path(os.environ.get("RUNBOOK_CACHE", Path.home() / ".cache" / "runbook-ops"))
@@ -60,12 +60,10 @@ class _Clients(threading.local):
     def __init__(self, cluster: KubeCluster) -> None:
         super().__init__()
         self.client = cluster.client()
-        self.kubelet = Kubelet(self.client)
 
 
 def seed(cluster: KubeCluster, namespaces: int, deployments: int, pods: int, services: int, workers: int = 6) -> None:
     admin = cluster.client()
-    Kubelet(admin).ensure_node()
     replicas = max(1, pods // deployments)
     local = _Clients(cluster)
     names = ["bench-%02d" % i for i in range(namespaces)]
@@ -83,23 +81,9 @@ def seed(cluster: KubeCluster, namespaces: int, deployments: int, pods: int, ser
     total = namespaces * deployments * replicas
     print("created %d namespaces, %d Deployments, %d Services in %.1fs; waiting for %d Pods ..."
           % (namespaces, namespaces * deployments, namespaces * services, time.monotonic() - started, total), flush=True)
+    # KWOK runs the Pods as the ReplicaSets create them; wait for every Deployment to be ready.
     deadline = time.monotonic() + 600
-    while True:
-        have = len(admin.list("v1", "pods", label_selector=None, page_size=1000))
-        if have >= total or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    print("%d Pods exist after %.1fs; playing the kubelet ..." % (have, time.monotonic() - started), flush=True)
-
-    def run_pod(pod: dict) -> None:
-        meta = pod["metadata"]
-        local.kubelet.running(meta["namespace"], meta["name"])
-
-    pending = [p for p in admin.list("v1", "pods", page_size=1000)
-               if p["metadata"]["namespace"].startswith("bench-") and not (p.get("status") or {}).get("podIP")]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run_pod, pending))
-    deadline = time.monotonic() + 300
+    ready = 0
     while time.monotonic() < deadline:
         ready = sum(1 for d in admin.list("apps/v1", "deployments", page_size=1000)
                     if (d.get("status") or {}).get("readyReplicas") == replicas)

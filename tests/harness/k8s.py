@@ -1,17 +1,21 @@
-"""A real Kubernetes API on loopback: etcd, kube-apiserver and kube-controller-manager, no kubelet.
+"""A real Kubernetes API on loopback: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+and KWOK as the node agent.
 
 ``KubeCluster(workdir).start()`` generates a CA, serving certificate, service-account keys and a
-static token file, starts the three processes on free ports (pid files and logs in ``workdir``),
+static token file, starts the processes on free ports (pid files and logs in ``workdir``),
 installs a test-written cert-manager ``Certificate`` CRD and writes kubeconfigs:
 
 * ``admin.kubeconfig``   the admin user (group ``system:masters``);
 * ``contexts.kubeconfig`` contexts ``admin``, ``restricted`` (a user with no permissions until a test
   binds it to a Role) and ``unreachable`` (a closed port); current context ``restricted``.
 
+KWOK manages the Node ``kwok-node-0`` and plays the Pod lifecycle by the Stage rules in
+``tests/harness/kwok/`` (see ``tests.harness.kwok``): Pods the scheduler places there run, become
+Ready or fail on purpose, and their logs, exec and port-forward work through the API server.
+``Kubelet`` writes only what KWOK cannot express (back-dated states, exact restart counts, Nodes
+under pressure, Events) on a stand-in Node KWOK does not manage.
+
 ``KubeCluster.attach(workdir).stop()`` stops a cluster another process started (the lab).
-``Kubelet`` plays the node agent: it binds Pods to a fake Node and sets their status through the
-status subresource, creates EndpointSlices and Events. ``seed_lab`` fills a cluster like a small
-platform (namespaces ``auth`` and ``policy``).
 
 Binaries: ``$RUNBOOK_K8S_BIN``, else ``$KUBEBUILDER_ASSETS`` (per binary), else what
 ``scripts/k8s-binaries`` prints (it builds them on first use). ``$RUNBOOK_TEST_KUBECONFIG`` points
@@ -42,9 +46,13 @@ from ansible_collections.runbook.ops.plugins.module_utils import _k8s  # noqa: E
 ADMIN_TOKEN = "runbook-admin-token"
 RESTRICTED_TOKEN = "runbook-restricted-token"
 CONTROLLER_TOKEN = "runbook-controller-manager-token"
+SCHEDULER_TOKEN = "runbook-scheduler-token"
+KWOK_TOKEN = "runbook-kwok-token"
 RESTRICTED_USER = "restricted"
 NODE_NAME = "lab-node-1"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+STAND_IN_SCHEDULER = "runbook-stand-in"
+STAND_IN_TAINT = {"key": "runbook.ops/stand-in", "value": "true", "effect": "NoSchedule"}
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 CERTIFICATE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -143,6 +151,9 @@ def _pki(workdir: Path) -> None:
             .sign(ca_key, hashes.SHA256()))
     (workdir / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     write_key(workdir / "apiserver.key", key)
+    # KWOK's kubelet server (logs, exec, port-forward) presents the same loopback identity.
+    (workdir / "kwok.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key(workdir / "kwok.key", key)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write_key(workdir / "sa.key", sa_key)
@@ -153,6 +164,8 @@ def _pki(workdir: Path) -> None:
     tokens.write_text("\n".join([
         '%s,admin,uid-admin,"system:masters"' % ADMIN_TOKEN,
         '%s,system:kube-controller-manager,uid-kcm,"system:masters"' % CONTROLLER_TOKEN,
+        '%s,system:kube-scheduler,uid-scheduler,"system:masters"' % SCHEDULER_TOKEN,
+        '%s,system:node:kwok,uid-kwok,"system:masters"' % KWOK_TOKEN,
         '%s,%s,uid-restricted' % (RESTRICTED_TOKEN, RESTRICTED_USER),
     ]) + "\n")
     tokens.chmod(0o600)
@@ -185,17 +198,23 @@ def _write_kubeconfig(path: Path, config: dict) -> None:
 
 
 class KubeCluster:
-    """etcd + kube-apiserver + kube-controller-manager under ``workdir``."""
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + KWOK under ``workdir``.
+
+    ``node_agent=False`` leaves out the scheduler and KWOK (a cluster whose Pods never run).
+    """
 
     def __init__(self, workdir: t.Union[str, Path], bin_dir: t.Optional[Path] = None,
-                 controller_manager: bool = True, audit: bool = False) -> None:
+                 controller_manager: bool = True, audit: bool = False, node_agent: bool = True) -> None:
         self.workdir = Path(workdir)
         self.audit = audit
         self.bin_dir = bin_dir
         self.with_controller_manager = controller_manager
+        self.with_node_agent = node_agent
         self.etcd = ManagedProcess("etcd", self.workdir)
         self.apiserver = ManagedProcess("kube-apiserver", self.workdir)
         self.controller_manager = ManagedProcess("kube-controller-manager", self.workdir)
+        self.scheduler = ManagedProcess("kube-scheduler", self.workdir)
+        self.kwok = ManagedProcess("kwok", self.workdir)
         self.state_file = self.workdir / "cluster.json"
         self.server = ""
         self.external = False
@@ -248,6 +267,9 @@ class KubeCluster:
     def running(self) -> bool:
         return self.apiserver.running() and self.etcd.running()
 
+    def node_agent_running(self) -> bool:
+        return self.scheduler.running() and self.kwok.running()
+
     def start(self, timeout: float = 60.0) -> "KubeCluster":
         if self.external:
             return self
@@ -294,6 +316,8 @@ class KubeCluster:
             "--disable-admission-plugins", "ServiceAccount",
             # The kubernetes Service may not point at a loopback address: no endpoint reconciler.
             "--endpoint-reconciler-type", "none",
+            # KWOK's Node answers logs, exec and port-forward on 127.0.0.1 (its InternalIP).
+            "--kubelet-preferred-address-types", "InternalIP,Hostname",
             "--profiling=false", "--v=0",
         ] + self._audit_args())
         self._write_state()
@@ -305,16 +329,19 @@ class KubeCluster:
             self.server, ca_pem, {"admin": ADMIN_TOKEN, RESTRICTED_USER: RESTRICTED_TOKEN},
             {"admin": (self.server, "admin"), "restricted": (self.server, RESTRICTED_USER),
              "unreachable": (closed, "admin")}, "restricted"))
-        _write_kubeconfig(wd / "controller-manager.kubeconfig", kubeconfig_dict(
-            self.server, ca_pem, {"kcm": CONTROLLER_TOKEN}, {"kcm": (self.server, "kcm")}, "kcm"))
+        for name, token in (("controller-manager", CONTROLLER_TOKEN), ("scheduler", SCHEDULER_TOKEN),
+                            ("kwok", KWOK_TOKEN)):
+            _write_kubeconfig(wd / ("%s.kubeconfig" % name), kubeconfig_dict(
+                self.server, ca_pem, {name: token}, {name: (self.server, name)}, name))
         self.apiserver.wait_until(self._ready, timeout=timeout, what="ready (/readyz)")
         if self.with_controller_manager:
             self.controller_manager.spawn([
                 _binary(bin_dir, "kube-controller-manager"),
                 "--kubeconfig", str(wd / "controller-manager.kubeconfig"),
-                # Every default controller except the node lifecycle one: with no kubelet heartbeat
-                # it would mark the fake node NotReady and evict the Pods bound to it.
-                "--controllers", "*,-node-lifecycle-controller",
+                # Every default controller except the node lifecycle one (it would mark the stand-in
+                # Node NotReady and evict its Pods) and the HPA one (there is no metrics API: it
+                # would only fill the namespaces with FailedGetResourceMetric warnings).
+                "--controllers", "*,-node-lifecycle-controller,-horizontal-pod-autoscaler-controller",
                 "--service-account-private-key-file", str(wd / "sa.key"),
                 "--root-ca-file", str(wd / "ca.crt"),
                 "--use-service-account-credentials=true",
@@ -334,7 +361,41 @@ class KubeCluster:
         if self.with_controller_manager:
             self.controller_manager.wait_until(lambda: self._has_default_sa(admin), timeout=timeout,
                                                what="running (default ServiceAccount created)")
+        if self.with_node_agent:
+            self._start_node_agent(bin_dir, admin, timeout)
         self.started_in = round(time.monotonic() - started, 1)
+
+    def _start_node_agent(self, bin_dir: Path, admin: _k8s.K8sClient, timeout: float) -> None:
+        """kube-scheduler places Pods; KWOK runs those on its Node by the shipped Stage rules."""
+        from tests.harness import kwok
+
+        wd = self.workdir
+        self.scheduler.spawn([
+            _binary(bin_dir, "kube-scheduler"), "--kubeconfig", str(wd / "scheduler.kubeconfig"),
+            "--leader-elect=false", "--secure-port=0", "--kube-api-qps", "200", "--kube-api-burst", "400", "--v=0",
+        ])
+        for crd in kwok.crds():
+            admin.apply(crd)
+        deadline = time.monotonic() + timeout
+        for crd in kwok.crds():
+            while not _established(admin.get("apiextensions.k8s.io/v1", "customresourcedefinitions",
+                                             crd["metadata"]["name"])):
+                if time.monotonic() > deadline:
+                    raise ServiceError("the KWOK CRDs were not established within %ss" % timeout)
+                time.sleep(0.1)
+        config = wd / "kwok.yaml"
+        config.write_text(json.dumps(kwok.configuration(free_port(), wd / "kwok.crt", wd / "kwok.key")))
+        argv = [_binary(bin_dir, "kwok"), "--kubeconfig", str(wd / "kwok.kubeconfig"), "--config", str(config)]
+        for stages in kwok.STAGES:
+            argv += ["--config", str(stages)]
+        self.kwok.spawn(argv)
+        if admin.get("v1", "nodes", kwok.NODE_NAME, missing_ok=True) is None:
+            admin.create("v1", "nodes", kwok.node())
+        else:
+            # A restarted cluster (the lab after a reboot): KWOK listens on a new port, so let it
+            # initialise its Node again, which records that port as the kubelet endpoint.
+            admin.modify("v1", "nodes", kwok.NODE_NAME, lambda obj: dict(obj, status={}), subresource="status")
+        self.kwok.wait_until(lambda: kwok.node_ready(admin), timeout=timeout, what="running its Node (Ready)")
 
     @property
     def audit_log(self) -> Path:
@@ -387,14 +448,14 @@ class KubeCluster:
         """Stop every process (controller manager first, etcd last); safe to call more than once."""
         if self.external:
             return
-        for proc in (self.controller_manager, self.apiserver, self.etcd):
+        for proc in (self.kwok, self.scheduler, self.controller_manager, self.apiserver, self.etcd):
             proc.stop()
 
     def logs(self) -> str:
         from tests.harness.process import log_tail
 
         return "\n".join("== %s ==\n%s" % (p.name, log_tail(p.log_file)) for p in
-                         (self.etcd, self.apiserver, self.controller_manager))
+                         (self.etcd, self.apiserver, self.controller_manager, self.scheduler, self.kwok))
 
 
 def _established(crd: t.Optional[dict]) -> bool:
@@ -415,7 +476,22 @@ def ts(moment: t.Optional[datetime.datetime] = None, ago: float = 0.0) -> str:
 
 
 class Kubelet:
-    """Plays the node agent against the API: Pod status, EndpointSlices, Events, a fake Node."""
+    """Writes the states KWOK cannot express, on a stand-in Node KWOK does not manage.
+
+    KWOK runs every Pod the scheduler places on its Node: Running and Ready, crash loops, image
+    pull failures, unready and OOM-killed containers (see ``tests.harness.kwok.FAULTS``). What its
+    Stage rules cannot express is history and arbitrary status:
+
+    * a Pod Pending or unready *since* a given time (back-dated transitions, for grace periods);
+    * a container with an exact restart count (KWOK's crash loop counts up by itself);
+    * a Pod running on a Node whose kubelet cannot be reached (KWOK's Node always answers);
+    * any other waiting reason (``ErrImagePull``, ``CreateContainerConfigError`` ...);
+    * a Node that is NotReady or under memory/disk pressure beside the healthy KWOK Node;
+    * EndpointSlices with no Pod behind them, and Events first and last seen at given times.
+
+    Its Pods name a scheduler that does not exist (so kube-scheduler leaves them alone) and are
+    bound to the stand-in Node, which is tainted so the scheduler puts nothing else there.
+    """
 
     def __init__(self, client: _k8s.K8sClient, node: str = NODE_NAME) -> None:
         self.client = client
@@ -431,7 +507,8 @@ class Kubelet:
         node = self.client.get("v1", "nodes", name, missing_ok=True)
         if node is None:
             node = self.client.create("v1", "nodes", {"metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name, "runbook.test/fake": "true"}}})
+                "kubernetes.io/hostname": name, "runbook.test/fake": "true"}},
+                "spec": {"taints": [STAND_IN_TAINT]}})
         now = ts()
         conditions = [
             {"type": kind, "status": "True" if kind in pressure else "False", "reason": "KubeletHas" + (
@@ -446,19 +523,22 @@ class Kubelet:
                   "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
                   "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
         node = self.client.modify("v1", "nodes", name, lambda obj: dict(obj, status=status), subresource="status")[2]
-        if ready and (node.get("spec") or {}).get("taints"):
+        if ready and (node.get("spec") or {}).get("taints") != [STAND_IN_TAINT]:
             # Admission taints a new node not-ready; its (absent) lifecycle controller would lift that.
-            node = self.client.patch("v1", "nodes", name, {"spec": {"taints": None}})
+            # The stand-in taint stays: the scheduler must place real workloads on KWOK's Node.
+            node = self.client.patch("v1", "nodes", name, {"spec": {"taints": [STAND_IN_TAINT]}})
         return node
 
     # -- pods -----------------------------------------------------------------------------------
 
     def create_pod(self, namespace: str, name: str, labels: t.Optional[dict] = None, image: str = "example/app:1.0",
                    containers: t.Sequence[str] = ("app",), owner: t.Optional[dict] = None) -> dict:
+        """A Pod whose status this helper writes (kube-scheduler and KWOK leave it alone)."""
         meta: dict = {"name": name, "namespace": namespace, "labels": dict(labels or {"app": name})}
         if owner:
             meta["ownerReferences"] = [owner]
         return self.client.create("v1", "pods", {"metadata": meta, "spec": {
+            "schedulerName": STAND_IN_SCHEDULER, "tolerations": [dict(STAND_IN_TAINT, operator="Equal")],
             "containers": [{"name": c, "image": image} for c in containers]}}, namespace)
 
     def bind(self, pod: dict) -> dict:
@@ -537,40 +617,23 @@ class Kubelet:
             pod["status"].update(hostIP="192.0.2.10", podIP=ip, podIPs=[{"ip": ip}], containerStatuses=statuses)
         return self.client.update_status("v1", "pods", pod)
 
-    def running(self, namespace: str, name: str, **kwargs: t.Any) -> dict:
-        return self.set_status(namespace, name, "Running", True, **kwargs)
+    def running(self, namespace: str, name: str, restarts: int = 0) -> dict:
+        """Running and Ready on the stand-in Node (whose kubelet endpoint nobody answers), its
+        containers restarted exactly ``restarts`` times."""
+        return self.set_status(namespace, name, "Running", True, restarts=restarts)
 
     def not_ready(self, namespace: str, name: str, since: float = 900.0) -> dict:
+        """Running, not Ready for the last ``since`` seconds."""
         return self.set_status(namespace, name, "Running", False, ready_changed_ago=since)
 
     def crash_loop(self, namespace: str, name: str, restarts: int = 7) -> dict:
+        """CrashLoopBackOff with exactly ``restarts`` restarts."""
         return self.set_status(namespace, name, "Running", False, restarts=restarts, last_terminated=("Error", 1),
                                waiting=("CrashLoopBackOff", "back-off 5m0s restarting failed container"))
 
-    def image_pull_backoff(self, namespace: str, name: str, reason: str = "ImagePullBackOff") -> dict:
-        return self.set_status(namespace, name, "Pending", False, scheduled=True,
-                               waiting=(reason, 'Back-off pulling image "example/missing:0.0"'))
-
-    def oom_killed(self, namespace: str, name: str, restarts: int = 1) -> dict:
-        return self.set_status(namespace, name, "Running", True, restarts=restarts, last_terminated=("OOMKilled", 137))
-
     def pending(self, namespace: str, name: str, since: float = 900.0) -> dict:
+        """Unschedulable for the last ``since`` seconds."""
         return self.set_status(namespace, name, "Pending", False, scheduled=False, started_ago=since)
-
-    def run_owned_pods(self, namespace: str, selector: str, timeout: float = 30.0, count: t.Optional[int] = None) -> int:
-        """Mark every Pod matching ``selector`` Running and Ready (the Pods a ReplicaSet created)."""
-        deadline = time.monotonic() + timeout
-        done: t.Set[str] = set()
-        while True:
-            pods = self.client.list("v1", "pods", namespace, label_selector=selector)
-            for pod in pods:
-                name = pod["metadata"]["name"]
-                if name not in done and not pod["metadata"].get("deletionTimestamp"):
-                    self.running(namespace, name)
-                    done.add(name)
-            if count is None or len(done) >= count or time.monotonic() > deadline:
-                return len(done)
-            time.sleep(0.2)
 
     # -- endpoints and events -------------------------------------------------------------------
 
@@ -673,101 +736,13 @@ def grant_read(client: _k8s.K8sClient, namespace_: str, resources: t.Mapping[str
     client.apply(binding)
 
 
-# ----------------------------------------------------------------------------------------------
-# The lab
-
-
-def seed_lab(client: _k8s.K8sClient, now: t.Optional[datetime.datetime] = None, wait: float = 60.0) -> dict:
-    """Seed a cluster like a small platform; idempotent enough to run on a seeded cluster.
-
-    Namespaces ``auth`` and ``policy``: Deployments (their Pods marked Running/Ready), Services with
-    endpoints, Secrets, a PVC, a crash-looping Pod, a Service with no ready endpoints, and
-    cert-manager Certificates, one of them expiring in 5 days. Returns what it made, for messages.
-    """
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    kubelet = Kubelet(client)
-    kubelet.ensure_node()
-    made: dict = {"namespaces": ["auth", "policy"], "problems": []}
-    layout = {
-        "auth": [("auth-service", 2), ("token-issuer", 1), ("session-store", 1)],
-        "policy": [("policy-engine", 2), ("policy-bundle-server", 1)],
-    }
-    for ns, apps in layout.items():
-        namespace(client, ns, {"runbook.ops/lab": "true", "team": ns})
-        for app, replicas in apps:
-            if client.get("apps/v1", "deployments", app, ns, missing_ok=True) is None:
-                client.create("apps/v1", "deployments", deployment(app, ns, replicas))
-            if client.get("v1", "services", app, ns, missing_ok=True) is None:
-                client.create("v1", "services", service(app, ns, {"app": app}))
-        if client.get("v1", "secrets", "%s-credentials" % ns, ns, missing_ok=True) is None:
-            client.create("v1", "secrets", {"metadata": {"name": "%s-credentials" % ns, "namespace": ns},
-                                            "type": "Opaque", "stringData": {"password": "lab-only-" + ns}})
-    # A static volume the PV controller binds the claim to (no provisioner in the lab).
-    if client.get("v1", "persistentvolumes", "lab-session-data", missing_ok=True) is None:
-        client.create("v1", "persistentvolumes", {
-            "metadata": {"name": "lab-session-data"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
-                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/var/lib/lab/session-data"}}})
-    if client.get("v1", "persistentvolumeclaims", "session-data", "auth", missing_ok=True) is None:
-        client.create("v1", "persistentvolumeclaims", {
-            "metadata": {"name": "session-data", "namespace": "auth"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "lab-session-data",
-                     "resources": {"requests": {"storage": "1Gi"}}}})
-    if client.get("v1", "secrets", "jwt-signing-keys", "auth", missing_ok=True) is None:
-        client.create("v1", "secrets", {"metadata": {"name": "jwt-signing-keys", "namespace": "auth"},
-                                        "type": "Opaque", "stringData": {"kid": "lab-2026-01"}})
-    # Pods the ReplicaSets created: the kubelet's part is to run them.
-    for ns, apps in layout.items():
-        for app, replicas in apps:
-            kubelet.run_owned_pods(ns, "app=%s" % app, timeout=wait, count=replicas)
-    # A crash-looping worker and a Service whose only endpoint is not ready.
-    if client.get("v1", "pods", "auth-worker-crashloop", "auth", missing_ok=True) is None:
-        kubelet.create_pod("auth", "auth-worker-crashloop", {"app": "auth-worker"})
-    kubelet.crash_loop("auth", "auth-worker-crashloop", restarts=12)
-    kubelet.event("auth", {"kind": "Pod", "name": "auth-worker-crashloop"}, "BackOff",
-                  "Back-off restarting failed container worker in pod auth-worker-crashloop", count=12, ago=30,
-                  first_ago=1800)
-    made["problems"].append("Pod/auth/auth-worker-crashloop is in CrashLoopBackOff")
-    if client.get("v1", "services", "auth-worker", "auth", missing_ok=True) is None:
-        client.create("v1", "services", service("auth-worker", "auth", {"app": "auth-worker"}))
-    if client.get("v1", "services", "policy-audit", "policy", missing_ok=True) is None:
-        client.create("v1", "services", service("policy-audit", "policy", {"app": "policy-audit"}))
-        kubelet.endpoint_slice("policy", "policy-audit", ready=(False,))
-    made["problems"].append("Service/policy/policy-audit has no ready endpoints")
-    for body in (certificate("auth-tls", "auth", now + datetime.timedelta(days=60)),
-                 certificate("token-issuer-tls", "auth", now + datetime.timedelta(days=5)),
-                 certificate("policy-tls", "policy", now + datetime.timedelta(days=75))):
-        if client.get("cert-manager.io/v1", "certificates", body["metadata"]["name"], body["metadata"]["namespace"],
-                      missing_ok=True) is None:
-            create_certificate(client, body)
-    made["problems"].append("Certificate/auth/token-issuer-tls expires in 5 days")
-    # Allowing policies, as a real platform has: isolation must take them out of play.
-    for name, body in (
-            ("allow-policy-to-token-issuer", {
-                "podSelector": {"matchLabels": {"app": "token-issuer"}}, "policyTypes": ["Ingress"],
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "policy"}}}],
-                             "ports": [{"protocol": "TCP", "port": 8080}]}]}),
-            ("allow-auth-egress-postgres", {
-                "podSelector": {}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
-                            "ports": [{"protocol": "TCP", "port": 5432}]}]})):
-        if client.get("networking.k8s.io/v1", "networkpolicies", name, "auth", missing_ok=True) is None:
-            client.create("networking.k8s.io/v1", "networkpolicies",
-                          {"metadata": {"name": name, "namespace": "auth"}, "spec": body})
-    # Wait until the controllers have caught up (Deployment status, endpoint slices).
-    for ns, apps in layout.items():
-        for app, replicas in apps:
-            wait_for(lambda: (client.get("apps/v1", "deployments", app, ns).get("status") or {})
-                     .get("readyReplicas", 0) >= replicas, timeout=wait, what="Deployment/%s/%s ready" % (ns, app))
-    return made
-
-
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
-    """``python -m tests.harness.k8s start|stop|seed|status WORKDIR``: the lab's Kubernetes cluster."""
+    """``python -m tests.harness.k8s start|stop|status WORKDIR``: a cluster on its own (the lab
+    starts its own with ``python -m tests.harness.lab up``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("action", choices=("start", "stop", "seed", "status"))
+    parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("workdir")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
@@ -777,11 +752,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
             print("already running: %s (kubeconfig %s)" % (KubeCluster.attach(workdir).server, cluster.kubeconfig))
             return 0
         cluster.start()
-        seed_lab(cluster.client())
         print("Kubernetes API %s up in %.1fs; kubeconfig %s" % (cluster.server, cluster.started_in, cluster.kubeconfig))
-        return 0
-    if args.action == "seed":
-        seed_lab(KubeCluster.attach(workdir).client())
         return 0
     if args.action == "status":
         cluster = KubeCluster.attach(workdir)

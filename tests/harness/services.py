@@ -28,11 +28,16 @@ def pg_bin_dir(version: str = "15") -> Path:
 
 
 class PostgresServer:
-    """A throwaway cluster made with initdb, run as the ``postgres`` OS user when we are root."""
+    """A throwaway cluster made with initdb, run as the ``postgres`` OS user when we are root.
+
+    With ``ssl_cert_file`` and ``ssl_key_file`` it serves TLS on its port (copies of both files are
+    kept in ``workdir/tls``, owned by the server's user, as PostgreSQL requires of its key).
+    """
 
     user = "postgres"
 
-    def __init__(self, workdir: Path, password: str = "harness-pg-secret", port: t.Optional[int] = None) -> None:
+    def __init__(self, workdir: Path, password: str = "harness-pg-secret", port: t.Optional[int] = None,
+                 ssl_cert_file: t.Optional[Path] = None, ssl_key_file: t.Optional[Path] = None) -> None:
         self.workdir = Path(workdir)
         self.datadir = self.workdir / "data"
         self.socket_dir = self.workdir / "sock"
@@ -42,6 +47,7 @@ class PostgresServer:
         self.bin_dir = pg_bin_dir()
         self.process = ManagedProcess("postgres", self.workdir)
         self._os_user = "postgres" if os.geteuid() == 0 else None
+        self.ssl_files = (ssl_cert_file, ssl_key_file) if ssl_cert_file and ssl_key_file else None
 
     def _chown(self, path: Path) -> None:
         if self._os_user:
@@ -74,10 +80,23 @@ class PostgresServer:
         self.process.spawn([str(self.bin_dir / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
                             "-h", self.host, "-k", str(self.socket_dir), "-c", "fsync=off",
                             "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                            "-c", "max_connections=100", "-c", "shared_buffers=256MB"],
+                            "-c", "max_connections=100", "-c", "shared_buffers=256MB"] + self._ssl_args(),
                            user=self._os_user)
         self.process.wait_until(self.ready, 60, "accepting connections")
         return self
+
+    def _ssl_args(self) -> t.List[str]:
+        if not self.ssl_files:
+            return []
+        tls = self.workdir / "tls"
+        tls.mkdir(exist_ok=True)
+        cert, key = tls / "server.crt", tls / "server.key"
+        shutil.copyfile(self.ssl_files[0], cert)
+        shutil.copyfile(self.ssl_files[1], key)
+        key.chmod(0o600)
+        for path in (tls, cert, key):
+            self._chown(path)
+        return ["-c", "ssl=on", "-c", "ssl_cert_file=%s" % cert, "-c", "ssl_key_file=%s" % key]
 
     def ready(self) -> bool:
         proc = subprocess.run([str(self.bin_dir / "pg_isready"), "-h", self.host, "-p", str(self.port), "-q"],
@@ -124,6 +143,7 @@ class RedisServer:
     With ``tls_cert_file`` and ``tls_key_file`` it also listens with TLS on ``tls_port`` (the plain
     ``port`` stays, so the harness's own client and readiness check are unchanged); ``tls_ca_file`` is
     the CA clients verify it with, and ``tls_auth_clients`` asks clients for a certificate.
+    ``extra_config`` lines are appended to redis.conf (e.g. ``rename-command BGSAVE ...``).
     """
 
     def __init__(self, workdir: Path, name: str = "redis", password: str = "harness-redis-secret",
@@ -170,6 +190,7 @@ class RedisServer:
                       "tls-auth-clients %s" % ("yes" if self.tls_auth_clients else "no")]
             if self.tls_ca_file:
                 lines.append("tls-ca-cert-file %s" % self.tls_ca_file)
+        lines += self.extra_config
         self.conf.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o600)
 

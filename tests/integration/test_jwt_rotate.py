@@ -10,7 +10,7 @@ import typing as t
 import jwt
 
 from tests.harness.collection import run_module, run_playbook
-from tests.harness.k8s import RESTRICTED_TOKEN, Kubelet, deployment, grant_read, wait_for
+from tests.harness.k8s import RESTRICTED_TOKEN, deployment, grant_read, wait_for
 
 T0 = "2026-03-01T00:00:00Z"
 SECRET = "jwt-signing-keys"
@@ -292,39 +292,25 @@ def test_a_value_that_is_not_a_key_set_is_never_overwritten(kube_cluster, kube_a
 
 
 def test_restarted_deployment_gets_a_new_template_and_its_rollout_completes(
-        kube_cluster, kube_admin, kubelet, kube_namespace):
+        kube_cluster, kube_admin, kube_namespace):
     ns = kube_namespace
     kube_admin.create("apps/v1", "deployments", deployment("token-issuer", ns, replicas=2))
-    kubelet.run_owned_pods(ns, "app=token-issuer", count=2)
     wait_for(lambda: (kube_admin.get("apps/v1", "deployments", "token-issuer", ns).get("status") or {})
              .get("availableReplicas") == 2, what="deployment available")
-    stop = threading.Event()
-    pod_agent = Kubelet(kube_cluster.client())
-
-    def run_pods() -> None:
-        while not stop.is_set():
-            pod_agent.run_owned_pods(ns, "app=token-issuer")
-            stop.wait(0.3)
-
-    agent = threading.Thread(target=run_pods, daemon=True)
-    agent.start()
-    try:
-        common = dict(algorithm="ES256", restart=[{"name": "token-issuer"}], wait=True, wait_timeout=90)
-        result = rotate(kube_cluster, ns, now=T0, **common)
-        assert not result.get("failed"), result
-        assert result["restarted"] == ["Deployment/%s/token-issuer" % ns]
-        dep = kube_admin.get("apps/v1", "deployments", "token-issuer", ns)
-        assert "kubectl.kubernetes.io/restartedAt" in dep["spec"]["template"]["metadata"]["annotations"]
-        status = dep["status"]
-        assert status["observedGeneration"] >= dep["metadata"]["generation"]
-        assert status["updatedReplicas"] == status["availableReplicas"] == 2
-        generation = dep["metadata"]["generation"]
-        again = rotate(kube_cluster, ns, now=when(days=1), **common)
-        assert again["changed"] is False and again["restarted"] == []
-        assert kube_admin.get("apps/v1", "deployments", "token-issuer", ns)["metadata"]["generation"] == generation
-    finally:
-        stop.set()
-        agent.join()
+    # KWOK runs the new ReplicaSet's Pods as the controller creates them: the rollout completes by itself.
+    common = dict(algorithm="ES256", restart=[{"name": "token-issuer"}], wait=True, wait_timeout=90)
+    result = rotate(kube_cluster, ns, now=T0, **common)
+    assert not result.get("failed"), result
+    assert result["restarted"] == ["Deployment/%s/token-issuer" % ns]
+    dep = kube_admin.get("apps/v1", "deployments", "token-issuer", ns)
+    assert "kubectl.kubernetes.io/restartedAt" in dep["spec"]["template"]["metadata"]["annotations"]
+    status = dep["status"]
+    assert status["observedGeneration"] >= dep["metadata"]["generation"]
+    assert status["updatedReplicas"] == status["availableReplicas"] == 2
+    generation = dep["metadata"]["generation"]
+    again = rotate(kube_cluster, ns, now=when(days=1), **common)
+    assert again["changed"] is False and again["restarted"] == []
+    assert kube_admin.get("apps/v1", "deployments", "token-issuer", ns)["metadata"]["generation"] == generation
 
     missing = rotate(kube_cluster, ns, algorithm="ES256", force=True, restart=[{"name": "nope"}])
     assert missing.get("failed") and "Deployment/%s/nope" % ns in missing["msg"] and "not found" in missing["msg"]
@@ -333,7 +319,9 @@ def test_restarted_deployment_gets_a_new_template_and_its_rollout_completes(
 
 def test_rollout_that_never_completes_fails_after_writing_the_keys(kube_cluster, kube_admin, kube_namespace):
     ns = kube_namespace
-    kube_admin.create("apps/v1", "deployments", deployment("stuck", ns, replicas=1))
+    # Its image never pulls (KWOK's imagepullbackoff fault): no Pod of the new template becomes ready.
+    kube_admin.create("apps/v1", "deployments", deployment("stuck", ns, replicas=1,
+                                                           image="example/app:imagepullbackoff"))
     result = rotate(kube_cluster, ns, algorithm="ES256", restart=[{"name": "stuck"}], wait=True, wait_timeout=3)
     assert result.get("failed") and "timed out after 3s waiting for the rollout of Deployment/%s/stuck" % ns in result["msg"]
     assert result["active_kid"] == active_jwk(kube_admin, ns)["kid"]

@@ -1,4 +1,5 @@
-"""k8s_health against a real kube-apiserver (with etcd and kube-controller-manager, no kubelet)."""
+"""k8s_health against a real kube-apiserver (etcd, kube-controller-manager, kube-scheduler) whose Pods
+KWOK runs; states with a history (back-dated, exact restart counts) come from the stand-in helper."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import typing as t
 import uuid
 
 from tests.harness.collection import run_module
+from tests.harness import kwok
 from tests.harness.k8s import (
     CERTIFICATE_CRD, RESTRICTED_TOKEN, Kubelet, certificate, create_certificate, deployment, grant_read, service, ts,
     wait_for,
@@ -36,6 +38,28 @@ def one(result: dict, obj: str) -> dict:
     return found[0]
 
 
+def one_per_node(body: dict) -> dict:
+    """At most one replica per Node: with KWOK's single Node the second replica stays Pending."""
+    labels = body["spec"]["template"]["metadata"]["labels"]
+    body["spec"]["template"]["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}]}}
+    return body
+
+
+def with_fault(body: dict, fault: str) -> dict:
+    body["spec"]["template"]["metadata"]["annotations"] = {kwok.FAULT_ANNOTATION: fault}
+    return body
+
+
+def run_pods(client, ns: str, *pods: dict) -> None:
+    """Create Pods for KWOK and wait until it has played each one's first stage."""
+    for body in pods:
+        client.create("v1", "pods", body, ns)
+    for body in pods:
+        name = body["metadata"]["name"]
+        wait_for(lambda: kwok.played(client, ns, name), what="KWOK to run Pod/%s/%s" % (ns, name))
+
+
 def later(minutes: float) -> str:
     """A ``now`` that lies ``minutes`` ahead of the objects' timestamps (to pass grace periods)."""
     moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=minutes)
@@ -49,12 +73,12 @@ def later(minutes: float) -> str:
 def test_deployment_without_ready_replicas_is_critical_and_partial_is_warning(
         kube_cluster, kube_admin, kubelet, kube_namespace):
     ns = kube_namespace
-    kube_admin.create("apps/v1", "deployments", deployment("none-ready", ns, replicas=2))
-    kube_admin.create("apps/v1", "deployments", deployment("half-ready", ns, replicas=2))
+    # KWOK runs what the scheduler places: an image that never pulls, a second replica with no
+    # Node left for it, and a healthy one.
+    kube_admin.create("apps/v1", "deployments", with_fault(deployment("none-ready", ns, replicas=2),
+                                                           "imagepullbackoff"))
+    kube_admin.create("apps/v1", "deployments", one_per_node(deployment("half-ready", ns, replicas=2)))
     kube_admin.create("apps/v1", "deployments", deployment("all-ready", ns, replicas=1))
-    kubelet.run_owned_pods(ns, "app=all-ready", count=1)
-    wait_for(lambda: len(kube_admin.list("v1", "pods", ns, label_selector="app=half-ready")) == 2, what="pods")
-    kubelet.running(ns, kube_admin.list("v1", "pods", ns, label_selector="app=half-ready")[0]["metadata"]["name"])
 
     def settled() -> bool:
         deps = {d["metadata"]["name"]: d.get("status") or {} for d in kube_admin.list("apps/v1", "deployments", ns)}
@@ -76,11 +100,9 @@ def test_deployment_without_ready_replicas_is_critical_and_partial_is_warning(
 
 def test_progress_deadline_exceeded(kube_cluster, kube_admin, kubelet, kube_namespace):
     ns = kube_namespace
-    body = deployment("stuck", ns, replicas=2)
+    body = one_per_node(deployment("stuck", ns, replicas=2))
     body["spec"]["progressDeadlineSeconds"] = 1
     kube_admin.create("apps/v1", "deployments", body)
-    wait_for(lambda: len(kube_admin.list("v1", "pods", ns)) == 2, what="pods")
-    kubelet.running(ns, kube_admin.list("v1", "pods", ns)[0]["metadata"]["name"])
     # The ready Pod is progress: let the controller record it before the deadline can stick.
     wait_for(lambda: (kube_admin.get("apps/v1", "deployments", "stuck", ns).get("status") or {})
              .get("readyReplicas") == 1, what="one replica ready")
@@ -105,15 +127,17 @@ def _deadline_finding(cluster, ns):
 def test_statefulset_and_daemonset_not_ready(kube_cluster, kube_admin, kube_namespace, kubelet):
     ns = kube_namespace
     labels = {"app": "db"}
+    # KWOK runs both Pods, but their containers never become ready.
     kube_admin.create("apps/v1", "statefulsets", {
         "metadata": {"name": "db", "namespace": ns},
         "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "db", "image": "pg"}]}}}})
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "db", "image": "pg:unready"}]}}}})
     kube_admin.create("apps/v1", "daemonsets", {
         "metadata": {"name": "agent", "namespace": ns},
         "spec": {"selector": {"matchLabels": {"app": "agent"}},
                  "template": {"metadata": {"labels": {"app": "agent"}},
-                              "spec": {"containers": [{"name": "agent", "image": "agent"}]}}}})
+                              "spec": {"containers": [{"name": "agent", "image": "agent:unready"}]}}}})
     wait_for(lambda: (kube_admin.get("apps/v1", "statefulsets", "db", ns).get("status") or {}).get("observedGeneration")
              and (kube_admin.get("apps/v1", "daemonsets", "agent", ns).get("status") or {}).get("desiredNumberScheduled"),
              what="controllers observed")
@@ -130,16 +154,18 @@ def test_statefulset_and_daemonset_not_ready(kube_cluster, kube_admin, kube_name
 
 def test_pod_findings(kube_cluster, kube_admin, kubelet: Kubelet, kube_namespace):
     ns = kube_namespace
-    for name in ("healthy", "crashloop", "imagepull", "errimagepull", "configerror", "oom", "pending-long",
-                 "pending-new", "notready-long", "notready-new", "restarts"):
+    # What KWOK plays by its Stage rules ...
+    run_pods(kube_admin, ns, kwok.pod("healthy", ns), kwok.pod("imagepull", ns, fault="imagepullbackoff"),
+             kwok.pod("oom", ns, fault="oomkilled"))
+    # ... and what has a history or a reason of its own, written by the stand-in helper.
+    for name in ("crashloop", "errimagepull", "configerror", "pending-long", "pending-new", "notready-long",
+                 "notready-new", "restarts"):
         kubelet.create_pod(ns, name)
-    kubelet.running(ns, "healthy")
     kubelet.crash_loop(ns, "crashloop", restarts=5)
-    kubelet.image_pull_backoff(ns, "imagepull")
-    kubelet.image_pull_backoff(ns, "errimagepull", reason="ErrImagePull")
+    kubelet.set_status(ns, "errimagepull", "Pending", False,
+                       waiting=("ErrImagePull", 'failed to pull image "example/missing:0.0"'))
     kubelet.set_status(ns, "configerror", "Pending", False,
                        waiting=("CreateContainerConfigError", 'secret "db-password" not found'))
-    kubelet.oom_killed(ns, "oom")
     kubelet.pending(ns, "pending-long", since=900)
     kubelet.pending(ns, "pending-new", since=10)
     kubelet.not_ready(ns, "notready-long", since=900)
@@ -188,8 +214,7 @@ def test_service_endpoints(kube_cluster, kube_admin, kubelet: Kubelet, kube_name
     kube_admin.create("v1", "services", service("web", ns, {"app": "web"}))
     kubelet.endpoint_slice(ns, "unready", ready=(False, False))
     kubelet.endpoint_slice(ns, "manual", ready=(False, True))
-    kubelet.create_pod(ns, "web-1", {"app": "web"})
-    kubelet.running(ns, "web-1")
+    run_pods(kube_admin, ns, kwok.pod("web-1", ns, {"app": "web"}))
 
     def web_has_endpoint() -> bool:
         slices = kube_admin.list("discovery.k8s.io/v1", "endpointslices", ns, label_selector="kubernetes.io/service-name=web")
@@ -343,9 +368,7 @@ def test_nodes(kube_cluster, kube_admin, kubelet: Kubelet):
 
 def test_clean_namespace_is_ok_with_bounded_requests(kube_cluster, kube_admin, kubelet, kube_namespace):
     ns = kube_namespace
-    for i in range(30):
-        kubelet.create_pod(ns, "p%02d" % i)
-        kubelet.running(ns, "p%02d" % i)
+    run_pods(kube_admin, ns, *[kwok.pod("p%02d" % i, ns) for i in range(30)])
     result = health(kube_cluster, ns, checks=["workloads", "pods", "services", "pvcs", "events", "certificates", "jobs"],
                     now="2030-01-01T00:00:00Z", check_mode=True)
     assert result.get("status") == "ok", result

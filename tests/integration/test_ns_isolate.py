@@ -1,4 +1,4 @@
-"""ns_isolate against a real kube-apiserver (with etcd and kube-controller-manager, no kubelet, no CNI)."""
+"""ns_isolate against a real kube-apiserver (etcd, kube-controller-manager, kube-scheduler; KWOK runs the Pods; no CNI)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.collection import run_module, run_playbook
+from tests.harness import kwok
 from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for
 from tests.harness.process import free_port
 
@@ -55,9 +56,8 @@ def setup_namespace(admin, kubelet, ns: str) -> None:
         "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}})
     admin.create("v1", "secrets", {"metadata": {"name": "db-credentials", "namespace": ns},
                                    "type": "Opaque", "stringData": {"password": SECRET_VALUE, "username": "app"}})
-    wait_for(lambda: len(admin.list("v1", "pods", ns)) == 3, what="pods of the Deployments")
-    kubelet.run_owned_pods(ns, "app=web", count=2)
-    kubelet.run_owned_pods(ns, "app=worker", count=1)
+    for name in ("web", "worker"):
+        wait_for(lambda: kwok.rolled_out(admin, "deployments", ns, name), what="Deployment/%s/%s rolled out" % (ns, name))
     web = admin.list("v1", "pods", ns, label_selector="app=web")[0]
     kubelet.event(ns, {"kind": "Pod", "name": web["metadata"]["name"]}, "Suspicious", "unexpected outbound traffic")
 
@@ -166,7 +166,8 @@ def test_isolate_and_release_namespace_restores_every_object(kube_cluster, kube_
     assert any(e["reason"] == "Suspicious" for e in json.loads(contents["events.json"]))
     assert {p["metadata"]["name"] for p in json.loads(contents["networkpolicies.json"])} == {
         "allow-web-ingress", "allow-all-egress"}  # captured before anything changed
-    # No kubelet answers: every log is listed as failed with the API server's answer, none is made up.
+    # KWOK serves no log for these Pods (no ClusterLogs selects them): every log is listed as failed
+    # with the API server's answer, none is made up.
     assert len(meta["logs"]) == 3
     assert all(entry["status"] == "failed" and entry["error"] for entry in meta["logs"])
     assert meta["logs_failed"] == 3 and ev["logs_failed"] == 3 and ev["logs_captured"] == 0
