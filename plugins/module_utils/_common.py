@@ -204,6 +204,7 @@ class Task(t.Generic[OptionsT]):
         self.diff = diff
         self.warnings: t.List[str] = []
         self._clients: t.Dict[t.Any, Closeable] = {}
+        self.broken: t.List[str] = []
         self._provided: t.Dict[t.Any, Closeable] = {}
 
     def warn(self, message: str) -> None:
@@ -218,6 +219,19 @@ class Task(t.Generic[OptionsT]):
             self._clients[opener] = opener(self.params)
         return t.cast(ClientT, self._clients[opener])
 
+    def adopt(self, client: ClientT) -> ClientT:
+        """Close ``client`` with the task's other clients (one the helper opened itself)."""
+        self._clients[("adopted", id(client))] = client
+        return client
+
+    def verify_clients(self) -> None:
+        """Raise what a client recorded as broken (a tunnel whose connection failed mid-stream);
+        call it before committing what was read through the task's clients."""
+        for opened in list(self._clients.values()):
+            check = getattr(opened, "check", None)
+            if callable(check):
+                check()
+
     def provide(self, opener: "Opener[ClientT]", client: ClientT) -> None:
         """Use ``client`` wherever :meth:`client` is asked for ``opener`` (the caller keeps ownership:
         the task does not close it). For tests and for a caller that already holds a client."""
@@ -227,6 +241,11 @@ class Task(t.Generic[OptionsT]):
         """Close every client the task opened, newest first; a failing close never hides the result."""
         clients, self._clients = list(self._clients.values()), {}
         for opened in reversed(clients):
+            # A client that broke under the task (a tunnel) says so; the failure message names it.
+            failure = getattr(opened, "failure", None)
+            text = failure() if callable(failure) else None
+            if isinstance(text, str) and text and text not in self.broken:
+                self.broken.append(text)
             try:
                 opened.close()
             except Exception as exc:  # pylint: disable=broad-except
@@ -269,14 +288,20 @@ def run_task(module: AnsibleModule, options: t.Callable[[t.Mapping[str, t.Any]],
         _emit_warnings(module, task)
         details = dict(exc.details)
         details.pop("msg", None)
-        module.fail_json(msg=exc.msg, **_finished(details, diff, stopwatch))
+        module.fail_json(msg=_blame(task, exc.msg), **_finished(details, diff, stopwatch))
     except Exception as exc:  # pylint: disable=broad-except
         _emit_warnings(module, task)
-        module.fail_json(msg="unexpected %s: %s" % (type(exc).__name__, exc), exception=traceback.format_exc(),
-                         duration_s=stopwatch.elapsed)
+        module.fail_json(msg=_blame(task, "unexpected %s: %s" % (type(exc).__name__, exc)),
+                         exception=traceback.format_exc(), duration_s=stopwatch.elapsed)
     else:
         _emit_warnings(module, task)
         module.exit_json(**_finished(result, diff, stopwatch))
+
+
+def _blame(task: t.Optional[Task[t.Any]], msg: str) -> str:
+    """A failure after a client broke is most likely that break: name it first."""
+    broken = [text for text in (task.broken if task is not None else []) if text not in msg]
+    return "; ".join(broken + [msg])
 
 
 def _emit_warnings(module: AnsibleModule, task: t.Optional[Task[t.Any]]) -> None:

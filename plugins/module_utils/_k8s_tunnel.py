@@ -37,7 +37,7 @@ import threading
 import typing as t
 import urllib.parse
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Task
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
     K8sClient, K8sError, K8sForbidden, K8sNotFound, inline_kubeconfig_secrets, k8s_auth_argspec, object_ref,
     resource_path,
@@ -78,7 +78,7 @@ class TunnelError(RunbookError):
 # Options
 
 
-def kubernetes_tunnel_argspec() -> t.Dict[str, dict]:
+def kubernetes_tunnel_argspec() -> t.Dict[str, t.Dict[str, t.Any]]:
     """Argument spec of the ``runbook.ops.kubernetes_tunnel`` doc fragment: one ``kubernetes_tunnel``
     dict holding the target and the Kubernetes auth options (with their ``K8S_AUTH_*`` fallbacks)."""
     options = dict(
@@ -205,11 +205,11 @@ def pod_port(pod: t.Mapping[str, t.Any], port: t.Union[int, str, None], ref: str
     return port
 
 
-def service_port(service: t.Mapping[str, t.Any], port: t.Union[int, str, None], ref: str) -> t.Tuple[dict, t.Union[int, str]]:
+def service_port(service: t.Mapping[str, t.Any], port: t.Union[int, str, None], ref: str) -> t.Tuple[t.Dict[str, t.Any], t.Union[int, str]]:
     """The Service port ``port`` names (its number or its name) and its ``targetPort`` (number or name)."""
     ports = [entry for entry in (service.get("spec") or {}).get("ports") or [] if (entry.get("protocol") or "TCP") == "TCP"]
     listing = ", ".join("%s%s" % (entry.get("port"), " (%s)" % entry["name"] if entry.get("name") else "") for entry in ports)
-    chosen: t.Optional[dict] = None
+    chosen: t.Optional[t.Dict[str, t.Any]] = None
     if port is None:
         if len(ports) == 1:
             chosen = ports[0]
@@ -414,7 +414,7 @@ class KubernetesTunnel:
         chosen, target_port = service_port(service, self.requested_port, ref)
         selector = (service.get("spec") or {}).get("selector") or {}
         names: t.List[str] = []
-        slices: t.List[dict] = []
+        slices: t.List[t.Dict[str, t.Any]] = []
         try:
             slices = self.client.list("discovery.k8s.io/v1", "endpointslices", self.namespace,
                                       label_selector="kubernetes.io/service-name=%s" % self.target.name)
@@ -559,7 +559,7 @@ class KubernetesTunnel:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        tasks: t.Set[asyncio.Future] = set()
+        tasks: t.Set["asyncio.Future[t.Any]"] = set()
 
         def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             # Our own task per connection (not the stream server's), so closing can cancel and await it.
@@ -828,3 +828,35 @@ def kubernetes_tunnel(params: t.Mapping[str, t.Any]) -> t.Optional[KubernetesTun
     if not options:
         return None
     return KubernetesTunnel.from_params(options)
+
+
+class TunnelEnd(t.NamedTuple):
+    """Where a task's tunnel listens, and the tunnel's name for manifests and messages."""
+
+    host: str
+    port: int
+    name: str
+
+
+def _open_listening(params: t.Mapping[str, t.Any]) -> KubernetesTunnel:
+    tunnel = KubernetesTunnel.from_params(params[OPTION])
+    try:
+        tunnel.open()
+    except BaseException:
+        tunnel.close()
+        raise
+    return tunnel
+
+
+def task_tunnel(task: "Task[t.Any]") -> t.Optional[TunnelEnd]:
+    """The local end of the task's ``kubernetes_tunnel``, or None when the option is not set.
+
+    Opened once per task as one of its clients: the runner closes it on every exit path and names
+    it when a connection through it broke; ``task.verify_clients()`` raises that break before a
+    backup commits what it read through the tunnel.
+    """
+    if not task.params.get(OPTION):
+        return None
+    tunnel = task.client(_open_listening)
+    assert tunnel.address is not None  # open() returned
+    return TunnelEnd(tunnel.address[0], tunnel.address[1], tunnel.describe())

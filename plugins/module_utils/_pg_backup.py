@@ -32,7 +32,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._pg_archive import (
     CUSTOM_OBJECT, KIND, Spool, StoredBackup)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import (
     count_rows, create_database, database_facts, drop_database, list_tables, scratch_name, server_major)
-from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import PgConnection, PgConnectionOptions
+from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
+    PgConnection, PgConnectionOptions, open_endpoint)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import Restore, RestoreOptions
 from ansible_collections.runbook.ops.plugins.module_utils._pg_tools import (
     ClientEnv, DumpFilters, Version, dump_argv, find_binary, run_tool)
@@ -101,7 +102,10 @@ class PgBackupOptions:
 def run_pg_backup(task: Task[PgBackupOptions]) -> Result:
     """``pg_backup``: back up, verify or restore, as ``state`` says."""
     opts = task.options
-    server = PgConnection(opts.connection, APPLICATION)
+    # Checksum and archive verification read the repository only: no server, so no tunnel to open.
+    needs_server = opts.state != "verify" or opts.level == "restore"
+    server = PgConnection(opts.connection, APPLICATION,
+                          endpoint=open_endpoint(task, opts.connection) if needs_server else None)
     repo = task.client(Repository.from_options)
     if opts.state == "backup":
         return Backup(task, server, repo).run()
@@ -232,6 +236,7 @@ class Backup:
                     self._dump_directory(writer, client, plan)
                 row_counts = counts.result(opts.db, self.server.where)
                 cur.execute("COMMIT")
+                self.task.verify_clients()  # a tunnel that broke mid-dump fails the backup here
                 return writer.commit(
                     source=self._source_facts(plan), fmt=opts.format, compression=opts.job.compression_settings,
                     extra={"postgresql": {"row_counts": row_counts, "schema_only_tables": plan.schema_only,
@@ -240,7 +245,10 @@ class Backup:
 
     def _source_facts(self, plan: DumpPlan) -> t.Dict[str, t.Any]:
         facts = plan.facts
-        return {"host": self.server.host or "local socket", "port": self.server.port, "database": self.opts.db,
+        endpoint = self.server.endpoint
+        return {"host": endpoint.host or "local socket", "database": self.opts.db,
+                "port": self.opts.connection.login_port if endpoint.via else endpoint.port,
+                "kubernetes_tunnel": endpoint.via or None,
                 "server_version": facts["server_version"], "server_version_num": facts["server_version_num"],
                 "database_size": facts["database_size"], "encoding": facts["encoding"], "collate": facts["collate"],
                 "ctype": facts["ctype"], "owner": facts["owner"], "pg_dump_version": "%d.%d" % plan.pg_dump_version}

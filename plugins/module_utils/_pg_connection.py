@@ -28,7 +28,8 @@ import stat
 import tempfile
 import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, options_from
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Task, options_from
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import kubernetes_tunnel_argspec, task_tunnel
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     check_params, conninfo, host_name, int_in, no_control, passfile_field, pg_name, shown)
 
@@ -54,6 +55,7 @@ def postgres_connection_argspec() -> t.Dict[str, t.Any]:
         ssl_mode=dict(type="str", default="prefer", choices=list(SSL_MODES)),
         ca_cert=dict(type="str", aliases=["ssl_rootcert"]),
         connect_timeout=dict(type="int", default=10),
+        **kubernetes_tunnel_argspec(),
     )
 
 
@@ -119,19 +121,37 @@ class PgConnectionOptions:
 
 class PgEndpoint(t.NamedTuple):
     """The server address libpq connects to: a host name, an IP address or a Unix socket
-    directory (empty: libpq's default socket directory), and a port."""
+    directory (empty: libpq's default socket directory), and a port. Through a tunnel, ``hostaddr``
+    is the local end libpq connects to while ``host`` stays the name TLS verifies (and the password
+    file matches), and ``via`` names the tunnel."""
 
     host: str
     port: int
+    hostaddr: str = ""
+    via: str = ""
 
     @property
     def is_socket(self) -> bool:
-        return not self.host or self.host.startswith("/")
+        return not self.hostaddr and (not self.host or self.host.startswith("/"))
 
     def describe(self) -> str:
         if self.is_socket:
             return "%s (unix socket %s)" % (self.port, self.host or "default directory")
+        if self.via:
+            return "%s through %s" % (self.host, self.via)
         return "%s:%d" % (self.host, self.port)
+
+
+def open_endpoint(task: "Task[t.Any]", options: PgConnectionOptions) -> PgEndpoint:
+    """Where this task reaches the server: through its ``kubernetes_tunnel`` when one is set
+    (opened once, closed by the runner), else directly."""
+    end = task_tunnel(task)
+    if end is None:
+        return direct_endpoint(options)
+    if options.login_unix_socket:
+        raise RunbookError("login_unix_socket and kubernetes_tunnel exclude each other: a tunnel ends at a TCP port")
+    return PgEndpoint(host=options.login_host or end.host, port=end.port,
+                      hostaddr=end.host if options.login_host else "", via=end.name)
 
 
 def direct_endpoint(options: PgConnectionOptions) -> PgEndpoint:
@@ -197,6 +217,8 @@ class PgConnection:
                               connect_timeout=self.options.connect_timeout, application_name=self.application_name)
         if self.host:
             args["host"] = self.host
+        if self.endpoint.hostaddr:
+            args["hostaddr"] = self.endpoint.hostaddr
         if self.options.ca_cert:
             args["sslrootcert"] = self.options.ca_cert
         return args

@@ -22,7 +22,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._findings import (
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     byte_size, check_params, duration, human_bytes, human_seconds, number, pg_name)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
-    PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
+    PgConnection, PgConnectionOptions, import_psycopg, last_line, open_endpoint)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import (
     IndexStats, TableStats, read_indexes, read_tables)
 
@@ -587,7 +587,7 @@ class _Scan:
 def run_pg_health(task: Task[PgHealthOptions]) -> Result:
     """Everything ``pg_health`` returns; fails, keeping it all, when ``fail_on`` is reached."""
     opts = task.options
-    endpoint = direct_endpoint(opts.connection)  # the one place this module decides where the server is
+    endpoint = open_endpoint(task, opts.connection)  # the one place this module decides where the server is
     scan = _Scan(PgConnection(opts.connection, APPLICATION, endpoint=endpoint), opts)
     facts = scan.run()
     return judged("PostgreSQL health on %s" % scan.server.where, scan.findings, opts.fail_on,

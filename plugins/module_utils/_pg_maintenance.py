@@ -27,7 +27,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._names import (
     byte_size, check_params, duration, human_bytes, number, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import quote_ident, server_major
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
-    PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
+    PgConnection, PgConnectionOptions, import_psycopg, last_line, open_endpoint)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import (
     IndexStats, TableStats, read_indexes, read_tables)
 
@@ -334,5 +334,5 @@ class Maintenance:
 def run_pg_maintenance(task: Task[PgMaintenanceOptions]) -> Result:
     """``pg_maintenance``: plan, then (unless in check mode) run each target within the window."""
     opts = task.options
-    endpoint = direct_endpoint(opts.connection)  # the one place this module decides where the server is
+    endpoint = open_endpoint(task, opts.connection)  # the one place this module decides where the server is
     return Maintenance(task, PgConnection(opts.connection, APPLICATION, endpoint=endpoint)).run()

@@ -28,7 +28,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._names import (
     check_params, duration, int_in, no_control, optional, pg_name, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import quote_ident
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
-    PgConnection, PgConnectionOptions, direct_endpoint, import_psycopg, last_line)
+    PgConnection, PgConnectionOptions, import_psycopg, last_line, open_endpoint)
 from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size, human_bytes
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -442,5 +442,5 @@ class Purge:
 def run_pg_purge(task: Task[PgPurgeOptions]) -> Result:
     """``pg_purge``: count what matches, refuse past ``max_rows``, then purge in batches (or, in check mode, plan)."""
     opts = task.options
-    endpoint = direct_endpoint(opts.connection)  # the one place this module decides where the server is
+    endpoint = open_endpoint(task, opts.connection)  # the one place this module decides where the server is
     return Purge(task, PgConnection(opts.connection, APPLICATION, endpoint=endpoint)).run()

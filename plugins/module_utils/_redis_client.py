@@ -20,7 +20,8 @@ import socket
 import ssl
 import typing as t
 
-from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, options_from, tls_handshake
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Task, options_from, tls_handshake
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import kubernetes_tunnel_argspec, task_tunnel
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     check_params, host_name, local_path, no_control, number, optional, shown)
 from ansible_collections.runbook.ops.plugins.module_utils._stream import CHUNK
@@ -77,6 +78,7 @@ def redis_connection_argspec() -> t.Dict[str, t.Any]:
         client_key_file=dict(type="str"),
         connect_timeout=dict(type="float", default=10.0),
         command_names=dict(type="dict", default={}),
+        **kubernetes_tunnel_argspec(),
     )
 
 
@@ -133,6 +135,8 @@ class RedisConnectionOptions:
     client_key_file: t.Optional[str]
     connect_timeout: float
     command_names: t.Mapping[str, str]
+    via: t.Optional[t.Tuple[str, int]] = None  # the local end of a kubernetes_tunnel (see reach())
+    tunnel: str = ""
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "RedisConnectionOptions":
@@ -146,6 +150,8 @@ class RedisConnectionOptions:
     @property
     def where(self) -> str:
         """The server as the user named it, for messages."""
+        if self.tunnel:
+            return "%s:%s through %s" % (self.login_host, self.login_port, self.tunnel)
         return "%s:%s" % (self.login_host, self.login_port)
 
     @property
@@ -156,16 +162,20 @@ class RedisConnectionOptions:
     def address(self) -> t.Tuple[str, int]:
         """Where connections go: the one place that decides it. A tunnel in front of the server (a
         local port forwarded to it) is chosen here; TLS still verifies :attr:`login_host`."""
-        return self.login_host, self.login_port
+        return self.via or (self.login_host, self.login_port)
 
     def connect(self, timeout: t.Optional[float] = None, authenticate: bool = True) -> "RedisConnection":
         """A new connection; ``authenticate=False`` only probes whether the server accepts connections."""
         return RedisConnection.open(self, timeout=timeout, authenticate=authenticate)
 
 
-def open_redis(params: t.Mapping[str, t.Any]) -> "RedisConnection":
-    """Opener for :meth:`Task.client`: a connection to the server the module's options name."""
-    return RedisConnectionOptions.from_params(params).connect()
+def reach(task: "Task[t.Any]", options: RedisConnectionOptions) -> RedisConnectionOptions:
+    """``options`` as this task reaches the server: through its ``kubernetes_tunnel`` when one is
+    set (opened once, closed by the runner), else directly."""
+    end = task_tunnel(task)
+    if end is None:
+        return options
+    return dataclasses.replace(options, via=(end.host, end.port), tunnel=end.name)
 
 
 def tls_context(options: RedisConnectionOptions) -> ssl.SSLContext:

@@ -28,8 +28,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._names import human_se
 from ansible_collections.runbook.ops.plugins.module_utils._findings import Limit
 from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size, human_bytes
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
-    Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, open_redis,
-    parse_info, redis_connection_argspec)
+    Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, parse_info, reach,
+    redis_connection_argspec)
 
 CHECKS = ("reachability", "role", "memory", "evictions", "fragmentation", "connections", "rejected_connections",
           "blocked_clients", "rdb_save", "aof", "fork_time", "replication", "slowlog", "hit_ratio", "acl_denials",
@@ -603,6 +603,8 @@ def container_memory_limit(pid: int, proc: str = "/proc", cgroup_root: str = "/s
 def _local_redis_pid(connection: RedisConnectionOptions, info: Info, proc: str = "/proc") -> t.Optional[int]:
     """The server's process id when it runs on this host (a loopback ``login_host`` and a ``redis`` process)."""
     host = connection.login_host
+    if connection.via:
+        return None  # through a tunnel the server runs in a Pod, not here
     try:
         local = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -767,7 +769,8 @@ def run_redis_health(task: Task[RedisHealthOptions]) -> Result:
     scan: t.Optional[_Scan] = None
     info: t.Optional[Info] = None
     try:
-        scan = _Scan(task.client(open_redis), opts)
+        opts = task.options = dataclasses.replace(opts, connection=reach(task, opts.connection))
+        scan = _Scan(task.adopt(opts.connection.connect()), opts)
     except RunbookError as exc:
         findings = [finding("critical", "reachability", where, exc.msg)]
     else:

@@ -29,7 +29,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._rdb import (
     recorded_keys)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
     Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, keys_per_db, keyspace_differences,
-    open_redis, permission_error, redis_connection_argspec, server_facts)
+    permission_error, reach, redis_connection_argspec, server_facts)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_files import LocalError
 from ansible_collections.runbook.ops.plugins.module_utils._redis_replication import REPLICATION_RIGHTS, ReplicationSource
 from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import restore
@@ -144,6 +144,8 @@ class RedisSnapshotOptions:
 
 
 def run_redis_snapshot(task: Task[RedisSnapshotOptions]) -> Result:
+    if task.options.state != "verify":  # verify reads the repository only: no server, no tunnel
+        task.options = dataclasses.replace(task.options, connection=reach(task, task.options.connection))
     if task.options.state == "backup":
         return backup(task)
     if task.options.state == "verify":
@@ -165,7 +167,7 @@ def backup(task: Task[RedisSnapshotOptions]) -> Result:
         return result
     if not opts.job.encryption_recipients:
         task.warn(UNENCRYPTED_WARNING)
-    conn = task.client(open_redis)
+    conn = task.adopt(opts.connection.connect())
     facts = server_facts(conn, REPLICATION_RIGHTS if opts.method == "replication" else BGSAVE_RIGHTS)
     if task.check_mode:
         result = backup_result(None, watch.elapsed)
@@ -173,7 +175,7 @@ def backup(task: Task[RedisSnapshotOptions]) -> Result:
                       "memory)" % (facts["version"], conn.where, opts.method, repo.url, opts.set_name,
                                    sum(facts["keys"].values()), facts["used_memory"]))
         return result
-    manifest = _store_snapshot(opts, repo.new_backup(KIND, opts.set_name, opts.job.labels), conn, facts)
+    manifest = _store_snapshot(task, repo.new_backup(KIND, opts.set_name, opts.job.labels), conn, facts)
     pruned = prune_after_success(repo, KIND, opts.set_name, opts.job.retention)
     result = backup_result(manifest, watch.elapsed, pruned=pruned)
     result["msg"] = "snapshot %s of Redis at %s stored in %s (%d bytes RDB, %d stored)" % (
@@ -181,9 +183,10 @@ def backup(task: Task[RedisSnapshotOptions]) -> Result:
     return result
 
 
-def _store_snapshot(opts: RedisSnapshotOptions, writer: BackupWriter, conn: RedisConnection,
+def _store_snapshot(task: Task[RedisSnapshotOptions], writer: BackupWriter, conn: RedisConnection,
                     facts: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
     """Stream the RDB into ``writer`` (a new backup) and commit it with the server's facts; returns the manifest."""
+    opts = task.options
     inspector = RDBInspector("the RDB from %s" % conn.where)
     extra: t.Dict[str, t.Any] = {}
     with writer:
@@ -211,7 +214,9 @@ def _store_snapshot(opts: RedisSnapshotOptions, writer: BackupWriter, conn: Redi
         }
         redis_facts.update(extra)
         source_facts = {"host": opts.connection.login_host, "port": opts.connection.login_port,
-                        "server_version": facts["version"], "user": opts.connection.acl_user}
+                        "server_version": facts["version"], "user": opts.connection.acl_user,
+                        "kubernetes_tunnel": opts.connection.tunnel or None}
+        task.verify_clients()  # a tunnel that broke mid-transfer fails the backup here
         return writer.commit(source=source_facts, fmt="rdb", compression=opts.job.compression_settings,
                              extra={"redis": redis_facts})
 

@@ -38,6 +38,7 @@ requirements:
   - the PostgreSQL client tools (pg_dump, pg_restore) on the managed host
 extends_documentation_fragment:
   - runbook.ops.postgres
+  - runbook.ops.kubernetes_tunnel
   - runbook.ops.repository
   - runbook.ops.repository.ENCRYPTION_IDENTITY
   - runbook.ops.repository.BACKUP_JOB
@@ -347,6 +348,7 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import backup_job_argspec
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._pg_backup import PgBackupOptions, run_pg_backup
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 
@@ -376,7 +378,7 @@ def module_args() -> t.Dict[str, t.Any]:
         terminate_connections=dict(type="bool", default=False),
         level=dict(type="str", choices=["checksum", "archive", "restore"], default="archive"),
     )
-    return dict(argument_spec=spec, supports_check_mode=True)
+    return dict(argument_spec=spec, supports_check_mode=True, sensitive=[tunnel_kubeconfig_secrets])
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ requirements:
   - psycopg (version 3)
 extends_documentation_fragment:
   - runbook.ops.postgres
+  - runbook.ops.kubernetes_tunnel
 attributes:
   check_mode:
     support: full
@@ -321,6 +322,7 @@ duration_s:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._findings import FAIL_ON_CHOICES
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 from ansible_collections.runbook.ops.plugins.module_utils._pg_health import CHECKS, PgHealthOptions, run_pg_health
@@ -364,7 +366,7 @@ def module_args() -> t.Dict[str, t.Any]:
         fail_on=dict(type="str", choices=list(FAIL_ON_CHOICES), default="never"),
         thresholds=dict(type="dict", default={}, apply_defaults=True, options=threshold_args()),
     )
-    return dict(argument_spec=spec, supports_check_mode=True)
+    return dict(argument_spec=spec, supports_check_mode=True, sensitive=[tunnel_kubeconfig_secrets])
 
 
 def main() -> None:

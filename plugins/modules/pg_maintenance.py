@@ -31,6 +31,7 @@ requirements:
   - psycopg (version 3)
 extends_documentation_fragment:
   - runbook.ops.postgres
+  - runbook.ops.kubernetes_tunnel
 attributes:
   check_mode:
     support: full
@@ -211,6 +212,7 @@ duration_s:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 from ansible_collections.runbook.ops.plugins.module_utils._pg_maintenance import (
     OPERATIONS, PgMaintenanceOptions, run_pg_maintenance)
@@ -236,7 +238,7 @@ def module_args() -> t.Dict[str, t.Any]:
             max_duration=dict(type="raw"),
         )),
     )
-    return dict(argument_spec=spec, supports_check_mode=True)
+    return dict(argument_spec=spec, supports_check_mode=True, sensitive=[tunnel_kubeconfig_secrets])
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ requirements:
   - psycopg (version 3)
 extends_documentation_fragment:
   - runbook.ops.postgres
+  - runbook.ops.kubernetes_tunnel
 attributes:
   check_mode:
     support: full
@@ -205,6 +206,7 @@ duration_s:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 from ansible_collections.runbook.ops.plugins.module_utils._pg_purge import PgPurgeOptions, run_pg_purge
 
@@ -237,6 +239,7 @@ def module_args() -> t.Dict[str, t.Any]:
         required_one_of=[("older_than", "where")],
         required_by=dict(older_than="column"),
         supports_check_mode=True,
+        sensitive=[tunnel_kubeconfig_secrets],
     )
 
 

@@ -35,6 +35,7 @@ author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
   - runbook.ops.redis
+  - runbook.ops.kubernetes_tunnel
 attributes:
   check_mode:
     support: full
@@ -301,6 +302,7 @@ duration_s:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import REDIS_CONNECTION_REQUIRED_BY
 from ansible_collections.runbook.ops.plugins.module_utils._redis_health import (
     RedisHealthOptions, redis_health_argspec, run_redis_health)
@@ -312,6 +314,7 @@ def module_args() -> t.Dict[str, t.Any]:
         argument_spec=redis_health_argspec(),
         required_by=dict(REDIS_CONNECTION_REQUIRED_BY),
         supports_check_mode=True,
+        sensitive=[tunnel_kubeconfig_secrets],
     )
 
 

@@ -32,6 +32,7 @@ author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
   - runbook.ops.redis
+  - runbook.ops.kubernetes_tunnel
   - runbook.ops.repository
   - runbook.ops.repository.ENCRYPTION_IDENTITY
   - runbook.ops.repository.BACKUP_JOB
@@ -274,6 +275,7 @@ msg:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import REDIS_CONNECTION_REQUIRED_BY
 from ansible_collections.runbook.ops.plugins.module_utils._redis_snapshot import (
     RedisSnapshotOptions, redis_snapshot_argspec, run_redis_snapshot)
@@ -288,6 +290,7 @@ def module_args() -> t.Dict[str, t.Any]:
         required_if=[("method", "file", ("service_name", "stop_command"), True)],
         required_by=dict(REDIS_CONNECTION_REQUIRED_BY),
         supports_check_mode=True,
+        sensitive=[tunnel_kubeconfig_secrets],
     )
 
 

@@ -24,6 +24,7 @@ import redis
 from ansible_collections.runbook.ops.plugins.module_utils import _k8s_tunnel
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import KubernetesTunnel, TunnelError
 from tests.harness import k8s, kwok
+from tests.harness.collection import run_module
 from tests.harness.process import port_open
 
 # A Pod port KWOK has no forward for: the Pod side of the port-forward fails.
@@ -379,3 +380,79 @@ def test_api_server_stopping_mid_stream_fails_naming_the_tunnel(doomed_lab, post
     assert "the task failed with: pg_dump exited" in msg
     assert tunnel_threads() == []
     assert not port_open("127.0.0.1", tunnel.address[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The modules through the tunnel (the kubernetes_tunnel option of every PostgreSQL and Redis module)
+
+
+def tunnel_option(lab: Lab, target: str, port: t.Any = None) -> dict:
+    return {"kubernetes_tunnel": options(lab, target, port)}
+
+
+def test_pg_backup_through_the_tunnel_matches_a_direct_backup_and_restores(lab, postgres, tmp_path):
+    postgres.psql("drop database if exists tunnel_src")
+    postgres.psql("create database tunnel_src")
+    postgres.psql("create table accounts as select g as id, md5(g::text) as email from generate_series(1, 20000) g; "
+                  "create table audit as select g as id from generate_series(1, 777) g", db="tunnel_src")
+    repo = {"repository": "file://%s" % (tmp_path / "repo")}
+    login = dict(postgres.login, db="tunnel_src")
+    direct = run_module("pg_backup", dict(login, set="direct", **repo))
+    through = run_module("pg_backup", dict(login, set="tunnel", **repo, **tunnel_option(lab, "service/postgres", 5432)))
+    assert not direct.get("failed") and not through.get("failed"), through
+    counts = through["manifest"]["postgresql"]["row_counts"]
+    assert counts == direct["manifest"]["postgresql"]["row_counts"] == {"public.accounts": 20000, "public.audit": 777}
+    source = through["manifest"]["source"]
+    assert source["port"] == postgres.port and source["kubernetes_tunnel"].startswith(
+        "kubernetes_tunnel to service/postgres port 5432 in namespace %s" % lab.namespace)
+    restored = run_module("pg_backup", dict(login, set="tunnel", state="restore", mode="new", target_db="tunnel_copy",
+                                            **repo, **tunnel_option(lab, "statefulset/postgres", "postgres")))
+    assert not restored.get("failed"), restored
+    assert restored["verified"][0]["ok"] is True
+    assert postgres.psql("select count(*) from accounts", db="tunnel_copy") == "20000"
+    assert tunnel_threads() == []
+
+
+def test_redis_snapshot_and_health_through_the_tunnel(lab, redis_plain, tmp_path):
+    redis_plain.client().set("tunnel:marker", "here")
+    repo = {"repository": "file://%s" % (tmp_path / "repo")}
+    login = dict(redis_plain.login, **tunnel_option(lab, "pod/redis-master-0", 6379))
+    backup = run_module("redis_snapshot", dict(login, **repo))
+    assert not backup.get("failed"), backup
+    assert backup["manifest"]["source"]["kubernetes_tunnel"].startswith("kubernetes_tunnel to pod/redis-master-0")
+    verified = run_module("redis_snapshot", dict(login, state="verify", level="rdb", **repo))
+    assert not verified.get("failed") and verified["verified"][0]["ok"] is True, verified
+    health = run_module("redis_health", login)
+    assert not health.get("failed"), health
+    assert "through kubernetes_tunnel to pod/redis-master-0" in health["msg"]
+    assert health["server"]["role"] == "master"
+
+
+def test_a_tunnel_to_nothing_fails_the_module_naming_the_object(lab, postgres, tmp_path):
+    result = run_module("pg_backup", dict(postgres.login, db="postgres", repository="file://%s" % tmp_path,
+                                          **tunnel_option(lab, "statefulset/empty", 5432)))
+    assert result.get("failed")
+    assert "kubernetes_tunnel to statefulset/empty" in result["msg"] and "Ready" in result["msg"], result["msg"]
+    assert not list(tmp_path.rglob("manifest.json"))
+
+
+def test_pg_backup_fails_naming_the_tunnel_when_the_api_server_dies_mid_dump(doomed_lab, postgres, tmp_path):
+    postgres.psql("create table if not exists tunnel_big as select g as id, repeat(md5(g::text), 8) as v "
+                  "from generate_series(1, 400000) g")
+    repo = tmp_path / "repo"
+    args = dict(postgres.login, db="postgres", repository="file://%s" % repo, compression_level=19,
+                **tunnel_option(doomed_lab, "service/postgres", 5432))
+    outcome: t.Dict[str, t.Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_module("pg_backup", args)))
+    runner.start()
+    # Mid-dump: the data object is being written under the repository.
+    k8s.wait_for(lambda: any(path.is_file() and path.stat().st_size > 200_000 for path in repo.rglob("*")),
+                 timeout=120, what="the backup under way")
+    doomed_lab.cluster.apiserver.send_signal(signal.SIGKILL)
+    runner.join(180)
+    result = outcome["result"]
+    assert result.get("failed"), result
+    assert result["msg"].startswith("kubernetes_tunnel to service/postgres port 5432 in namespace %s"
+                                    % doomed_lab.namespace), result["msg"]
+    assert "broke mid-stream" in result["msg"]
+    assert not list(repo.rglob("manifest.json")), "nothing may be committed"

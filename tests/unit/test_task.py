@@ -149,3 +149,41 @@ def test_options_from_takes_spec_values_and_converted_fields():
     assert options_from(Options, {"name": "a", "count": "3"}, count=3) == Options("a", 3)
     with pytest.raises(TypeError):
         options_from(Options, {"name": "a"})
+
+
+class Tunnel(Client):
+    """A client that can break under the task (as a port-forward tunnel does)."""
+
+    broke = ""
+
+    def failure(self) -> str:
+        return Tunnel.broke
+
+    def check(self) -> None:
+        if Tunnel.broke:
+            raise RunbookError(Tunnel.broke)
+
+
+def test_a_broken_client_is_named_in_the_failure_and_stops_a_commit():
+    Tunnel.broke = "tunnel to pod/db broke mid-stream"
+
+    def action(task: Task[Options]) -> Result:
+        task.client(Tunnel)
+        try:
+            task.verify_clients()
+        except RunbookError:
+            raise RunbookError("pg_dump exited with status 1") from None
+        return {"msg": "committed"}
+
+    exited = run(FakeModule({"name": "x", "count": 1}), action)
+    assert exited.failed
+    assert exited.result["msg"] == "tunnel to pod/db broke mid-stream; pg_dump exited with status 1"
+    Tunnel.broke = ""
+    assert not run(FakeModule({"name": "x", "count": 1}), action).failed
+
+
+def test_an_adopted_client_is_closed_with_the_task():
+    held = Client({"name": "own"})
+    with Task(Options("x", 1)) as task:
+        assert task.adopt(held) is held
+    assert held.closed
