@@ -50,17 +50,11 @@ MAX_COMPRESSION_THREADS = 256
 def check_compression(params: t.Mapping[str, t.Any]) -> None:
     """``compression_level`` and ``compression_threads`` within what the compressor accepts, checked
     before a backup starts (a bad level must not fail after the source was read)."""
-    algorithm = params.get("compression") or "zstd"
-    if params.get("compression_level") is not None and algorithm in COMPRESSION_LEVELS:
+    algorithm = params["compression"]
+    if params["compression_level"] is not None and algorithm in COMPRESSION_LEVELS:
         low, high = COMPRESSION_LEVELS[algorithm]
         int_in("compression_level", params["compression_level"], low, high, "for %s" % algorithm)
-    if params.get("compression_threads") is not None:
-        int_in("compression_threads", params["compression_threads"], 0, MAX_COMPRESSION_THREADS, "0 uses every core")
-
-
-def compression_settings(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    return {"algorithm": params["compression"], "level": params.get("compression_level"),
-            "threads": params.get("compression_threads") or 0}
+    int_in("compression_threads", params["compression_threads"], 0, MAX_COMPRESSION_THREADS, "0 uses every core")
 
 
 @dataclasses.dataclass(frozen=True)
