@@ -858,5 +858,6 @@ def task_tunnel(task: "Task[t.Any]") -> t.Optional[TunnelEnd]:
     if not task.params.get(OPTION):
         return None
     tunnel = task.client(_open_listening)
-    assert tunnel.address is not None  # open() returned
+    if tunnel.address is None:  # open() returned, so it listens; a guard for the type checker
+        raise TunnelError("%s is not listening" % tunnel.describe())
     return TunnelEnd(tunnel.address[0], tunnel.address[1], tunnel.describe())
