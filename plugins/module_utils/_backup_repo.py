@@ -92,10 +92,26 @@ def freshness_findings(manifests: t.Sequence[Json], incomplete: t.Sequence[Json]
                                     % (age / 3600.0, max_age_text or "%ds" % max_age), details))
         else:
             findings.append(finding("ok", "backup_freshness", obj, "latest complete backup was taken %.1f h ago" % (age / 3600.0), details))
+    findings += partial_findings(manifests)
     for item in incomplete:
         findings.append(finding("warning", "backup_incomplete", _ref(item),
                                 "incomplete backup (%s) holding %d bytes; remove it with backup_repo state=cleanup"
                                 % (item["reason"], item["stored_size"]), {"prefix": item["prefix"]}))
+    return findings
+
+
+def partial_findings(manifests: t.Sequence[Json]) -> t.List[Finding]:
+    """A ``warning`` per complete backup whose manifest says part of its source could not be read
+    (``kubernetes.unreadable``: kinds the credentials could not list)."""
+    findings = []
+    for manifest in manifests:
+        unreadable = (manifest.get("kubernetes") or {}).get("unreadable") or []
+        if unreadable:
+            what = sorted({"%s%s" % (u.get("kind"), " in %s" % u["namespace"] if u.get("namespace") else "")
+                           for u in unreadable})
+            findings.append(finding("warning", "backup_partial", _ref(manifest),
+                                    "partial backup: %s could not be read" % ", ".join(what),
+                                    {"unreadable": unreadable}))
     return findings
 
 

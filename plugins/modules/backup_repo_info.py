@@ -186,6 +186,7 @@ findings:
     - The result as findings (the schema every runbook.ops health-style module returns).
     - One per set (V(backup_freshness), V(critical) when older than O(max_age), else V(ok)) and one
       V(warning) per incomplete backup (V(backup_incomplete)).
+    - One V(warning) per partial backup, whose manifest lists kinds that could not be read (V(backup_partial)).
     - When the repository does not exist, one V(critical) V(backup_repository) finding (and the task fails).
   returned: always
   type: list
