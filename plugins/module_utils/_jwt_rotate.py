@@ -24,6 +24,7 @@ import typing as t
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Task, isoformat, options_from, parse_time, utcnow,
 )
+from ansible_collections.runbook.ops.plugins.module_utils._credentials import secret_consumers
 from ansible_collections.runbook.ops.plugins.module_utils._jwk import (
     HMAC_ALGORITHMS, MAX_RSA_BITS, export_active,
 )
@@ -401,6 +402,8 @@ def _rotate(task: Task[RotateOptions], client: K8sClient) -> t.Tuple[Result, t.O
     changed = changed or bool(public and public["changed"]) or bool(active and active["changed"])
     restarted: t.List[str] = []
     failure = None
+    if changed:
+        opts = _with_consumers(task, client, opts)
     if changed and opts.restart:
         restarted, failure = restart(client, opts, check_mode)
     if planned.pending:
@@ -425,6 +428,23 @@ def _rotate(task: Task[RotateOptions], client: K8sClient) -> t.Tuple[Result, t.O
         result["diff"] = {"before_header": opts.ref, "after_header": opts.ref,
                           "before": _diff_view(planned.before.sorted()), "after": _diff_view(keyset)}
     return result, failure
+
+
+def _with_consumers(task: Task[RotateOptions], client: K8sClient, opts: RotateOptions) -> RotateOptions:
+    """``opts`` with the workloads that use the written Secrets added after the listed ones (the
+    discovery of the credential rotation modules); without the right to list them, a warning."""
+    secrets = [(opts.namespace, opts.secret_name)]
+    if opts.active_key_secret is not None:
+        secrets.append((opts.active_key_secret.namespace, opts.active_key_secret.name))
+    workloads = list(opts.restart)
+    for ns, name in secrets:
+        try:
+            found, _cronjobs = secret_consumers(client, ns, name)
+        except RunbookError as exc:
+            task.warn("workloads using Secret/%s/%s were not looked for: %s" % (ns, name, exc.msg))
+            continue
+        workloads.extend(item for item in (Workload(w.kind, w.name, w.namespace) for w in found) if item not in workloads)
+    return dataclasses.replace(opts, restart=tuple(workloads))
 
 
 def _when(moment: t.Optional[datetime.datetime]) -> t.Optional[str]:
