@@ -9,6 +9,8 @@ flows; restores are in ``_redis_restore``.
   never relied on), streamed through the repository, with the header and end checked on the way.
 - Verify: ``checksum`` (stored bytes against the manifest), ``rdb`` (header, end opcode, CRC64 and
   ``redis-check-rdb``, see ``_rdb``) or ``load`` (a throwaway server loads it, see ``_redis_server``).
+- Guarded flush (``state=flushed``): refuse on protected keys, then a backup and its verification,
+  then ``FLUSHDB``/``FLUSHALL`` (the protected-key check and the command are in ``_redis_flush``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
     Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, keys_per_db, keyspace_differences,
     permission_error, reach, redis_connection_argspec, server_facts)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_files import LocalError
+from ansible_collections.runbook.ops.plugins.module_utils._redis_flush import (
+    FLUSH_RIGHTS, MAX_DB, FlushPlan, ProtectedKeys, describe_protected, protected_keys, protected_pattern, run_flush)
 from ansible_collections.runbook.ops.plugins.module_utils._redis_replication import REPLICATION_RIGHTS, ReplicationSource
 from ansible_collections.runbook.ops.plugins.module_utils._redis_restore import restore
 from ansible_collections.runbook.ops.plugins.module_utils._redis_server import ThrowawayRedis
@@ -40,9 +44,11 @@ from ansible_collections.runbook.ops.plugins.module_utils._stream import NullSin
 BACKUP_METHODS = ("replication", "bgsave")
 RESTORE_METHODS = ("keys", "file")
 # The default method depends on the state, which an argument spec cannot express.
-DEFAULT_METHODS = {"backup": "replication", "restore": "keys", "verify": ""}
+DEFAULT_METHODS = {"backup": "replication", "restore": "keys", "verify": "", "flushed": "replication"}
 BGSAVE_RIGHTS = "+info +bgsave +config|get"
 MAX_WAIT_TIMEOUT = 30 * 86400
+# Where the runbooks keep sessions and rate limits (express-session, Flask-Session, Rack::Attack, ...).
+DEFAULT_PROTECTED_PATTERNS = ["session:*", "sess:*", "ratelimit:*", "rate_limit:*", "rl:*"]
 
 
 # --------------------------------------------------------------------------- options
@@ -52,7 +58,7 @@ def redis_snapshot_argspec() -> t.Dict[str, t.Any]:
     spec = backup_job_argspec()
     spec.update(redis_connection_argspec())
     spec.update(
-        state=dict(type="str", choices=["backup", "restore", "verify"], default="backup"),
+        state=dict(type="str", choices=["backup", "restore", "verify", "flushed"], default="backup"),
         method=dict(type="str", choices=list(BACKUP_METHODS + RESTORE_METHODS)),
         level=dict(type="str", choices=["checksum", "rdb", "load"], default="rdb"),
         backup_id=dict(type="str"),
@@ -62,6 +68,10 @@ def redis_snapshot_argspec() -> t.Dict[str, t.Any]:
         start_command=dict(type="list", elements="str"),
         spool_dir=dict(type="path"),
         wait_timeout=dict(type="int", default=3600),
+        db=dict(type="int"),
+        flush_all=dict(type="bool"),
+        protected_patterns=dict(type="list", elements="str", default=list(DEFAULT_PROTECTED_PATTERNS)),
+        force=dict(type="bool", default=False),
     )
     return spec
 
@@ -88,14 +98,15 @@ _SNAPSHOT_RULES = {
     "service_name": optional(_unit_name),
     "stop_command": _argv_item,
     "start_command": _argv_item,
+    "protected_patterns": protected_pattern,
 }
 
 
 def _method(state: str, method: t.Optional[str]) -> str:
     if method is None:
         return DEFAULT_METHODS[state]
-    if state == "backup" and method not in BACKUP_METHODS:
-        raise RunbookError("method=%s is a restore method; state=backup takes replication or bgsave" % method)
+    if state in ("backup", "flushed") and method not in BACKUP_METHODS:
+        raise RunbookError("method=%s is a restore method; state=%s takes replication or bgsave" % (method, state))
     if state == "restore" and method not in RESTORE_METHODS:
         raise RunbookError("method=%s is a backup method; state=restore takes keys or file" % method)
     return method
@@ -118,6 +129,10 @@ class RedisSnapshotOptions:
     start_command: t.Optional[t.List[str]]
     spool_dir: t.Optional[str]
     wait_timeout: int
+    db: t.Optional[int]
+    flush_all: t.Optional[bool]
+    protected_patterns: t.List[str]
+    force: bool
     encryption_identity: t.Optional[str] = dataclasses.field(repr=False)
     set_name: str
     connection: RedisConnectionOptions
@@ -135,12 +150,26 @@ class RedisSnapshotOptions:
             raise RunbookError("wait_timeout must be between 1 and %d seconds (30 days), not %s"
                                % (MAX_WAIT_TIMEOUT, shown(wait)))
         job = BackupJobOptions.from_params(params)
+        if params["state"] == "flushed":
+            _check_flush(params)
         set_name = job.set
         if not set_name:
             set_name = path_segment("the default set (login_host-login_port, since set is empty)",
                                     "%s-%s" % (connection.login_host, connection.login_port))
         return options_from(cls, params, method=_method(params["state"], params["method"]), set_name=set_name,
                             connection=connection, job=job)
+
+
+def _check_flush(params: t.Mapping[str, t.Any]) -> None:
+    """What the argument spec cannot say about ``state=flushed``: a named target, and a snapshot it can verify."""
+    if params["db"] is None and not params["flush_all"]:
+        raise RunbookError("state=flushed needs its target named: db (FLUSHDB of that database) or flush_all: true "
+                           "(FLUSHALL); flush_all: false names none")
+    if params["db"] is not None and not 0 <= params["db"] < MAX_DB:
+        raise RunbookError("db=%s is not a database number (0, 1, ...)" % params["db"])
+    if params["encryption_recipients"] and params["level"] != "checksum" and not params["encryption_identity"]:
+        raise RunbookError("state=flushed verifies the encrypted snapshot at level=%s before flushing, which needs "
+                           "encryption_identity (or level: checksum)" % params["level"])
 
 
 def run_redis_snapshot(task: Task[RedisSnapshotOptions]) -> Result:
@@ -150,6 +179,8 @@ def run_redis_snapshot(task: Task[RedisSnapshotOptions]) -> Result:
         return backup(task)
     if task.options.state == "verify":
         return verify(task)
+    if task.options.state == "flushed":
+        return flushed(task)
     return restore(task)
 
 
@@ -168,7 +199,7 @@ def backup(task: Task[RedisSnapshotOptions]) -> Result:
     if not opts.job.encryption_recipients:
         task.warn(UNENCRYPTED_WARNING)
     conn = task.adopt(opts.connection.connect())
-    facts = server_facts(conn, REPLICATION_RIGHTS if opts.method == "replication" else BGSAVE_RIGHTS)
+    facts = server_facts(conn, _snapshot_rights(opts.method))
     if task.check_mode:
         result = backup_result(None, watch.elapsed)
         result.update(changed=True, msg="would snapshot Redis %s at %s by %s into %s, set %r (%d keys, %d bytes used "
@@ -181,6 +212,10 @@ def backup(task: Task[RedisSnapshotOptions]) -> Result:
     result["msg"] = "snapshot %s of Redis at %s stored in %s (%d bytes RDB, %d stored)" % (
         manifest["id"], opts.connection.where, repo.url, manifest["raw_size"], manifest["size"])
     return result
+
+
+def _snapshot_rights(method: str) -> str:
+    return REPLICATION_RIGHTS if method == "replication" else BGSAVE_RIGHTS
 
 
 def _store_snapshot(task: Task[RedisSnapshotOptions], writer: BackupWriter, conn: RedisConnection,
@@ -370,3 +405,80 @@ def _load_keys(opts: RedisSnapshotOptions, snapshot: StoredSnapshot) -> t.Dict[s
         local.spool_rdb(snapshot)
         with local.start() as conn:
             return keys_per_db(conn.info("keyspace"))
+
+
+# --------------------------------------------------------------------------- guarded flush
+
+def flushed(task: Task[RedisSnapshotOptions]) -> Result:
+    """Refuse on protected keys (before anything is written), snapshot and verify, check again, then flush.
+
+    Keys written between the snapshot and the flush are not in the snapshot: the check that runs again
+    just before the flush catches protected ones, not others."""
+    opts = task.options
+    watch = Stopwatch()
+    repo = task.client(Repository.from_options)
+    target = None if opts.flush_all else opts.db
+    rights = "%s %s" % (_snapshot_rights(opts.method), FLUSH_RIGHTS["FLUSHALL" if target is None else "FLUSHDB"])
+    with opts.connection.connect() as conn:
+        facts = server_facts(conn, rights)
+        plan = FlushPlan.of(facts["keys"], target)
+        found = _guard(task, conn, plan, "nothing was snapshotted or flushed", warn=task.check_mode)
+    result = backup_result(None, watch.elapsed)
+    result.update(changed=False, verified=[], flushed=plan.result(found, done=False))
+    keys = sum(plan.keys_before.values())
+    if not keys:
+        result["msg"] = "%s of Redis at %s holds no keys: nothing to snapshot or flush" % (plan.what, opts.connection.where)
+        return result
+    if not opts.job.encryption_recipients:
+        task.warn(UNENCRYPTED_WARNING)
+    if task.check_mode:
+        result.update(changed=True, msg="would snapshot Redis at %s by %s into %s, set %r, verify it at level %s, then "
+                      "flush %s (%d keys)" % (opts.connection.where, opts.method, repo.url, opts.set_name, opts.level,
+                                              plan.what, keys))
+        return result
+    manifest = _store_snapshot(task, repo.new_backup(KIND, opts.set_name, opts.job.labels),
+                               task.adopt(opts.connection.connect()), facts)
+    result.update(backup_result(manifest, watch.elapsed), changed=True)
+    snapshot = StoredSnapshot.find(repo, opts.set_name, manifest["id"], load_identities(opts.encryption_identity))
+    entry = verify_snapshot(opts, snapshot)
+    result["verified"] = [entry]
+    if not entry["ok"]:
+        raise RunbookError("snapshot %s failed verification at level %s, nothing was flushed: %s"
+                           % (manifest["id"], opts.level, "; ".join(entry["problems"])), **result)
+    try:
+        # The flush may take long on a big database: its replies get wait_timeout, not connect_timeout.
+        with opts.connection.connect(timeout=float(opts.wait_timeout)) as conn:
+            plan = FlushPlan.of(server_facts(conn)["keys"], target)
+            found = _guard(task, conn, plan, "snapshot %s is kept, nothing was flushed" % manifest["id"], result=result)
+            run_flush(conn, plan)
+    except RunbookError as exc:
+        if "flushed" in exc.details:  # refused by the guard, with the result so far
+            raise
+        raise RunbookError("%s (snapshot %s is kept; %s was not flushed)" % (exc.msg, manifest["id"], plan.what),
+                           **result)
+    result["flushed"] = plan.result(found, done=True)
+    result["pruned"] = prune_after_success(repo, KIND, opts.set_name, opts.job.retention)
+    result["duration_s"] = round(watch.elapsed, 3)
+    result["msg"] = "snapshot %s of Redis at %s stored and verified at level %s, then %s emptied (%d keys)" % (
+        manifest["id"], opts.connection.where, opts.level, plan.what, sum(plan.keys_before.values()))
+    return result
+
+
+def _guard(task: Task[RedisSnapshotOptions], conn: RedisConnection, plan: FlushPlan, outcome: str,
+           result: t.Optional[Result] = None, warn: bool = True) -> ProtectedKeys:
+    """The protected keys ``plan`` would flush; refused when there are any and ``force`` is off
+    (``outcome`` says what that leaves behind, ``result`` is the partial result so far)."""
+    opts = task.options
+    found = protected_keys(conn, plan, opts.protected_patterns)
+    if not found:
+        return found
+    if not opts.force:
+        details: Result = dict(result) if result else backup_result(None, 0.0)
+        details.setdefault("verified", [])
+        details.update(changed=bool(result), flushed=plan.result(found, done=False))
+        raise RunbookError("refusing to flush %s of Redis at %s: it holds keys matching protected_patterns (%s); %s. "
+                           "Set force: true to flush them anyway"
+                           % (plan.what, conn.where, describe_protected(found), outcome), **details)
+    if warn:
+        task.warn("force: true flushes protected keys of Redis at %s (%s)" % (conn.where, describe_protected(found)))
+    return found

@@ -28,6 +28,11 @@ description:
     pipelined; it works on remote targets. O(method=file) installs the RDB as the data file of a Redis on the
     managed host; with C(appendonly yes) it moves the AOF aside, starts Redis with the AOF off, switches it
     back on and waits for the rewrite, so the restored data survives the next restart.
+  - O(state=flushed) is the guarded form of the runbooks' C(FLUSHDB). It first counts the keys matching
+    O(protected_patterns) in what would be flushed (C(SCAN MATCH), never C(KEYS)) and refuses, before anything is
+    written, when there are any and O(force) is off. Otherwise it takes a new snapshot by O(method), verifies it at
+    O(level), counts the protected keys again (keys written meanwhile) and only then runs C(FLUSHDB) on O(db) or,
+    with O(flush_all=true), C(FLUSHALL). Restore the snapshot (RV(backup_id)) with O(state=restore) to undo it.
 author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
@@ -43,6 +48,8 @@ attributes:
     support: full
     description:
       - A backup reports what it would do (after reading C(INFO)); restore and verify change nothing.
+      - O(state=flushed) counts the keys and the protected keys, reports what it would flush (RV(flushed)) and fails
+        as a real run would when protected keys refuse the flush; it takes no snapshot and flushes nothing.
       - O(state=verify) runs for real in check mode, as it only reads.
   diff_mode:
     support: partial
@@ -50,18 +57,23 @@ attributes:
     details: O(state=restore) shows the keys per database before and after.
 options:
   state:
-    description: What to do.
+    description:
+      - What to do.
+      - V(flushed) empties O(db) (or every database with O(flush_all=true)) after a verified snapshot, unless it
+        holds keys matching O(protected_patterns).
     type: str
-    choices: [backup, restore, verify]
+    choices: [backup, restore, verify, flushed]
     default: backup
   method:
     description:
-      - For O(state=backup), V(replication) (the default) or V(bgsave).
+      - For O(state=backup) and O(state=flushed) (its snapshot), V(replication) (the default) or V(bgsave).
       - For O(state=restore), V(keys) (the default) or V(file).
     type: str
     choices: [replication, bgsave, keys, file]
   level:
-    description: How deeply O(state=verify) checks the snapshot.
+    description:
+      - How deeply O(state=verify) checks the snapshot, and O(state=flushed) its new snapshot before flushing.
+      - O(state=flushed) with O(encryption_recipients) needs O(encryption_identity) unless the level is V(checksum).
     type: str
     choices: [checksum, rdb, load]
     default: rdb
@@ -72,6 +84,31 @@ options:
     type: str
   flush:
     description: With O(method=keys), empty the target (C(FLUSHALL)) before copying the keys.
+    type: bool
+    default: false
+  db:
+    description:
+      - For O(state=flushed), the database to empty with C(FLUSHDB) (0, 1, ...).
+      - O(state=flushed) requires O(db) or O(flush_all=true); they are mutually exclusive.
+    type: int
+  flush_all:
+    description:
+      - For O(state=flushed), empty every database with C(FLUSHALL) instead of one; it must be asked for
+        explicitly, V(false) names no target.
+    type: bool
+  protected_patterns:
+    description:
+      - For O(state=flushed), key patterns (Redis glob syntax, as C(SCAN MATCH) takes them) whose presence in what
+        would be flushed refuses the flush unless O(force=true). The default covers common session and rate-limit keys.
+      - Only counts per database and pattern are reported, never key names (session keys often embed tokens).
+      - An empty list turns the check off.
+    type: list
+    elements: str
+    default: ["session:*", "sess:*", "ratelimit:*", "rate_limit:*", "rl:*"]
+  force:
+    description:
+      - For O(state=flushed), flush even when keys match O(protected_patterns) (a warning names the counts).
+      - The snapshot is still taken and verified first.
     type: bool
     default: false
   service_name:
@@ -118,6 +155,10 @@ notes:
     and start the server. The previous RDB and AOF are kept next to them as C(<name>.pre-restore-<backup_id>)
     and listed in RV(previous_files). The RDB is staged in the data directory first; if it does not fit there,
     the task fails naming that directory before the server is stopped.
+  - O(state=flushed) needs, besides the rights of its O(method), C(+select +scan +flushdb) (C(+flushall) with
+    O(flush_all=true)); no key access (C(SCAN) and the flush ignore key patterns). Commands renamed on the server (also
+    C(FLUSHDB) and C(FLUSHALL)) are given in O(command_names). O(max_age) does not apply, as a flush always takes a new
+    snapshot. Keys written between the snapshot and the flush are lost unless writers are stopped first.
   - Requires C(redis-server) on the managed host for O(level=load) and O(method=keys); C(redis-check-rdb) is
     used by O(level=rdb) when present. Requires C(boto3) for S3 repositories, C(zstandard) and C(pyrage) for
     compression and encryption.
@@ -169,6 +210,22 @@ EXAMPLES = r"""
     set: sessions
     encryption_identity: /etc/runbook/backup-identity.txt
 
+- name: Empty the stale cache database the nightly job used to FLUSHDB, after a verified snapshot
+  runbook.ops.redis_snapshot:
+    state: flushed
+    db: 2
+    login_host: redis.sessions.svc
+    login_password: "{{ vault_redis_password }}"
+    command_names:
+      FLUSHDB: HIPAA_FLUSHDB_a1b2c3
+    repository: s3://platform-backups/runbook
+    region: eu-west-1
+    set: sessions
+    encryption_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+    encryption_identity: /etc/runbook/backup-identity.txt
+  register: flush
+
 - name: Put the snapshot back as the data file of the local Redis (AOF handled)
   runbook.ops.redis_snapshot:
     state: restore
@@ -182,7 +239,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 backup_id:
-  description: The backup written, skipped for, verified or restored.
+  description:
+    - The backup written, skipped for, verified or restored; with O(state=flushed) the snapshot taken before the
+      flush (empty when none was taken).
   returned: always
   type: str
   sample: 20261124T031500Z-3fa91c
@@ -191,11 +250,11 @@ manifest:
     - The backup's manifest. Its C(redis) field holds C(version), C(rdb_version), C(method), C(keys) and
       C(expires) per database (from C(INFO keyspace) when the snapshot started), C(used_memory),
       C(rdb_size) and C(rdb_checksum).
-  returned: when a backup was written, skipped for, verified or restored; empty in check mode for a backup
+  returned: when a backup was written, skipped for, verified or restored; empty in check mode for a backup or a flush
   type: dict
 backup:
   description: Summary of the backup (id, kind, set, created, finished, size, stored_size, encrypted, compression, labels).
-  returned: when O(state=backup)
+  returned: when O(state=backup) or O(state=flushed); empty when no snapshot was taken
   type: dict
 skipped:
   description: True when a backup younger than O(max_age) exists, so nothing was done.
@@ -221,9 +280,10 @@ previous_files:
   elements: str
 verified:
   description:
-    - One entry per backup verified - the one of O(state=verify), or the key count check of a restore (empty in
-      check mode). The same shape in every runbook.ops module.
-  returned: when O(state=verify) or O(state=restore)
+    - One entry per backup verified - the one of O(state=verify), the key count check of a restore or the snapshot
+      of O(state=flushed) (empty in check mode and when no snapshot was taken). The same shape in every runbook.ops
+      module.
+  returned: when O(state=verify), O(state=restore) or O(state=flushed)
   type: list
   elements: dict
   contains:
@@ -252,6 +312,33 @@ verified:
           C(redis-check-rdb)), C(keys_read) (by C(redis-check-rdb)) and C(note) when the RDB holds no checksum;
           C(load) C(keys) (per database, as loaded).
       type: dict
+flushed:
+  description: What O(state=flushed) emptied, or would empty in check mode or when refused.
+  returned: when O(state=flushed)
+  type: dict
+  contains:
+    command:
+      description: C(FLUSHDB) or C(FLUSHALL) (the logical name; O(command_names) may rename it on the server).
+      type: str
+      sample: FLUSHDB
+    db:
+      description: The database of C(FLUSHDB); null for C(FLUSHALL).
+      type: int
+      sample: 2
+    keys_before:
+      description: Keys per database just before the flush (at the check in check mode or when refused).
+      type: dict
+      sample: {"db2": 48211}
+    protected_keys:
+      description:
+        - Keys matching O(protected_patterns), counted per database and pattern (only non-zero counts). Non-empty
+          only when the flush was refused or forced.
+      type: dict
+      sample: {"db2": {"session:*": 17}}
+    done:
+      description: True once the flush ran.
+      type: bool
+      sample: true
 diff:
   description: With O(state=restore) and C(--diff), the keys per database before and as expected after.
   returned: when O(state=restore) and the task runs with C(--diff)
@@ -286,8 +373,9 @@ def module_args() -> t.Dict[str, t.Any]:
     return dict(
         argument_spec=redis_snapshot_argspec(),
         required_together=[("stop_command", "start_command")],
-        mutually_exclusive=[("service_name", "stop_command"), ("service_name", "start_command")],
-        required_if=[("method", "file", ("service_name", "stop_command"), True)],
+        mutually_exclusive=[("service_name", "stop_command"), ("service_name", "start_command"), ("db", "flush_all")],
+        required_if=[("method", "file", ("service_name", "stop_command"), True),
+                     ("state", "flushed", ("db", "flush_all"), True)],
         required_by=dict(REDIS_CONNECTION_REQUIRED_BY),
         supports_check_mode=True,
         sensitive=[tunnel_kubeconfig_secrets],

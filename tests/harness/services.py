@@ -143,7 +143,6 @@ class RedisServer:
     With ``tls_cert_file`` and ``tls_key_file`` it also listens with TLS on ``tls_port`` (the plain
     ``port`` stays, so the harness's own client and readiness check are unchanged); ``tls_ca_file`` is
     the CA clients verify it with, and ``tls_auth_clients`` asks clients for a certificate.
-    ``extra_config`` lines are appended to redis.conf (e.g. ``rename-command BGSAVE ...``).
     """
 
     def __init__(self, workdir: Path, name: str = "redis", password: str = "harness-redis-secret",
@@ -183,7 +182,6 @@ class RedisServer:
             "requirepass %s" % self.password,
         ]
         lines += ["user %s" % spec for spec in self.users]
-        lines += self.extra_config
         if self.tls_port:
             lines += ["tls-port %d" % self.tls_port, "tls-cert-file %s" % self.tls_cert_file,
                       "tls-key-file %s" % self.tls_key_file,

@@ -7,6 +7,8 @@ import json
 import typing as t
 from pathlib import Path
 
+import pyrage
+
 from tests.harness.collection import run_module
 from tests.harness.fixtures import REDIS_RENAMED_BGSAVE
 from tests.harness.services import RedisServer
@@ -72,6 +74,46 @@ def test_sync_disabled_names_the_command_and_bgsave_still_works(service_factory:
     assert "SYNC is disabled or renamed" in refused["msg"] and "method=bgsave" in refused["msg"], refused["msg"]
     ok = run_module("redis_snapshot", dict(server.login, method="bgsave", **repo))
     assert not ok.get("failed") and ok["manifest"]["redis"]["keys"] == {"db0": 1}, ok
+
+
+def test_sync_and_replconf_disabled_backup_verify_and_restore(service_factory: t.Any, tmp_path: Path) -> None:
+    """A server with SYNC, PSYNC and REPLCONF disabled and BGSAVE and FLUSHALL renamed: the whole cycle by bgsave,
+    encrypted, verified at every level, restored by keys with flush going through command_names."""
+    names = {"BGSAVE": REDIS_RENAMED_BGSAVE, "FLUSHALL": "OPS_FLUSHALL_c3d4"}
+    server = service_factory.add(RedisServer(
+        service_factory.workdir("redis-noreplication"), name="redis-noreplication",
+        extra_config=['rename-command SYNC ""', 'rename-command PSYNC ""', 'rename-command REPLCONF ""',
+                      "rename-command BGSAVE %s" % names["BGSAVE"], "rename-command FLUSHALL %s" % names["FLUSHALL"]]))
+    for db in (0, 5):
+        pipe = server.client(db=db).pipeline(transaction=False)
+        for i in range(150):
+            pipe.set("k%d:%d" % (db, i), "v%d" % i)
+        pipe.hset("h%d" % db, mapping={"a": "1", "b": "2"})
+        pipe.execute()
+    server.client(db=5).set("ttl", "x", ex=3600)
+    identity = pyrage.x25519.Identity.generate()
+    repo = {"repository": "file://%s" % (tmp_path / "repo"), "set": "noreplication"}
+    backup = run_module("redis_snapshot", dict(server.login, method="bgsave", command_names=names,
+                                               encryption_recipients=[str(identity.to_public())], **repo))
+    assert not backup.get("failed"), backup
+    assert backup["manifest"]["redis"]["keys"] == {"db0": 151, "db5": 152}
+    assert backup["manifest"]["redis"]["method"] == "bgsave" and backup["manifest"]["encryption"]["algorithm"] == "age"
+
+    for level in ("checksum", "rdb", "load"):
+        verified = run_module("redis_snapshot", dict(repo, state="verify", level=level, encryption_identity=str(identity)))
+        assert not verified.get("failed") and verified["verified"][0]["ok"], (level, verified)
+    assert verified["verified"][0]["details"]["keys"] == {"db0": 151, "db5": 152}
+
+    server.client(db=0).set("written-after", "1")
+    server.client(db=5).delete("k5:7")
+    restore = dict(server.login, state="restore", flush=True, encryption_identity=str(identity), **repo)
+    unnamed = run_module("redis_snapshot", restore)
+    assert unnamed.get("failed") and "FLUSHALL is disabled or renamed" in unnamed["msg"], unnamed
+    restored = run_module("redis_snapshot", dict(restore, command_names=names))
+    assert not restored.get("failed"), restored
+    assert restored["keys_restored"] == {"db0": 151, "db5": 152} and restored["verified"][0]["ok"]
+    assert server.client(db=0).get("written-after") is None, "flush: true did not run the renamed FLUSHALL"
+    assert server.client(db=5).get("k5:7") == b"v7" and server.client(db=5).ttl("ttl") > 3000
 
 
 def test_documented_least_privilege_users_for_each_backup_method(service_factory: t.Any, tmp_path: Path) -> None:
