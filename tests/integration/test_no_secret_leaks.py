@@ -5,6 +5,7 @@ refuses the task (the path where Ansible echoes the raw arguments)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import typing as t
 
@@ -58,7 +59,17 @@ def test_no_secret_of_any_module_at_vvvv(kube_cluster, kube_namespace, inline_ku
         return dict({"name": name, "runbook.ops.%s" % module: args, "register": "out", "ignore_errors": True,
                      "diff": True}, **extra)
 
+    admin = kube_cluster.client()
+    postgres.psql("DROP ROLE IF EXISTS leak_app; CREATE ROLE leak_app LOGIN PASSWORD 'leak-app-old-password'")
+    admin.create("v1", "secrets", {"metadata": {"name": "leak-pg", "namespace": ns}, "data": {
+        "password": base64.b64encode(b"leak-app-old-password").decode()}}, ns)
+    rotation = {"secret": {"namespace": ns, "name": "leak-pg"}}
     tasks = [
+        task("pg_credential_rotate", "pg_credential_rotate", dict(k8s, **postgres.login, role="leak_app", **rotation)),
+        task("pg_credential_rotate refused", "pg_credential_rotate",
+             dict(k8s, **postgres.login, role="leak_app", bogus=1, **rotation)),
+        task("redis_credential_rotate wrong password", "redis_credential_rotate",
+             dict(k8s, **dict(redis, login_password=wrong_redis), user="backup", **rotation)),
         task("k8s_health inline kubeconfig", "k8s_health", dict(k8s, namespaces=[ns], checks=["pods"])),
         task("k8s_health refused by the argument spec", "k8s_health", dict(k8s, not_an_option=1)),
         task("k8s_health refused by the module", "k8s_health", dict(k8s, request_timeout=-1)),
@@ -101,6 +112,9 @@ def test_no_secret_of_any_module_at_vvvv(kube_cluster, kube_namespace, inline_ku
         "Redis password": redis_plain.password, "wrong Redis password": wrong_redis,
         "S3 secret key": s3_server.secret_key, "age identity": age_key.identity,
     }
+    rotated = base64.b64decode(admin.get("v1", "secrets", "leak-pg", ns)["data"]["password"]).decode()
+    assert rotated != "leak-app-old-password"  # the rotation ran
+    secrets.update({"rotated password": rotated, "previous rotated password": "leak-app-old-password"})
     leaked = [what for what, value in secrets.items() if value in printed]
     assert not leaked, "leaked at -vvvv: %s" % leaked
     # The tasks really ran: the successful ones and each kind of refusal are in the output.

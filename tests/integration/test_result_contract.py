@@ -3,6 +3,7 @@ documentation, and against real runs of every module, on success and on failure.
 
 from __future__ import annotations
 
+import base64
 import typing as t
 from pathlib import Path
 
@@ -10,9 +11,12 @@ import pytest
 import yaml
 
 from tests.harness.collection import REPO, run_module
+from tests.harness.fixtures import REDIS_BACKUP_PASSWORD
+from tests.harness.k8s import deployment
 
 MODULES = sorted(path.stem for path in (REPO / "plugins" / "modules").glob("*.py") if path.stem != "__init__")
-KUBERNETES = {"k8s_health", "ns_isolate", "jwt_rotate", "cert_renew"}
+KUBERNETES = {"k8s_backup", "k8s_health", "ns_isolate", "jwt_rotate", "cert_renew", "k8s_rollout", "k8s_node",
+              "pg_credential_rotate", "redis_credential_rotate"}
 JUDGES = {"k8s_health", "backup_repo", "backup_repo_info", "pg_health", "redis_health"}
 VERIFIES = {"pg_backup", "redis_snapshot", "backup_repo"}
 PRUNES = {"pg_backup", "redis_snapshot", "backup_repo"}
@@ -104,8 +108,20 @@ def test_real_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, 
         ("jwt_rotate", dict(k8s, namespace=ns, secret_name="contract-keys", algorithm="ES256"), {}),
         ("cert_renew", dict(k8s, sources=[{"type": "certificate", "namespace": ns, "all": True}]), {}),
         ("ns_isolate", dict(k8s, namespace=ns, state="released"), {}),
+        ("k8s_backup", dict(k8s, namespaces=[ns], exclude_kinds=["Secret"], **file_repository), {}),
+        ("k8s_rollout", dict(k8s, namespace=ns, action="status", all=True), {}),
+        ("k8s_node", dict(k8s, label_selector="type=kwok", state="cordoned"), {"check_mode": True}),
+        ("pg_credential_rotate", dict(k8s, **postgres.login, role="contract_app",
+                                      secret={"namespace": ns, "name": "contract-pg"}), {}),
+        ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
+                                         secret={"namespace": ns, "name": "contract-redis"}), {"check_mode": True}),
     ]
     seen = set()
+    kube_cluster.client().create("apps/v1", "deployments", deployment("contract-app", ns))
+    postgres.psql("DROP ROLE IF EXISTS contract_app; CREATE ROLE contract_app LOGIN PASSWORD 'contract-app-password'")
+    for name, password in (("contract-pg", "contract-app-password"), ("contract-redis", REDIS_BACKUP_PASSWORD)):
+        kube_cluster.client().create("v1", "secrets", {"metadata": {"name": name, "namespace": ns}, "data": {
+            "password": base64.b64encode(password.encode()).decode()}}, ns)
     for module, args, extra in runs:
         result = run_module(module, args, **extra)
         assert_common(result, module, failed=False)
@@ -130,6 +146,13 @@ def test_failed_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres
         ("cert_renew", dict(k8s, sources=[{"type": "certificate", "namespace": kube_namespace, "all": True}],
                             issuer={"type": "ca", "ca_cert": "not a certificate", "ca_key": "not a key"})),
         ("ns_isolate", dict(k8s, namespace="no-such-namespace", state="isolated", incident_id="inc-1")),
+        ("k8s_backup", dict(k8s, namespaces=[kube_namespace], state="restore", **missing)),
+        ("k8s_rollout", dict(k8s, namespace=kube_namespace, action="restart", targets=["Deployment/no-such-app"])),
+        ("k8s_node", dict(k8s, name="no-such-node", state="cordoned")),
+        ("pg_credential_rotate", dict(k8s, **postgres.login, role="app",
+                                      secret={"namespace": kube_namespace, "name": "no-such-secret"})),
+        ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
+                                         secret={"namespace": kube_namespace, "name": "no-such-secret"})),
     ]
     for module, args in runs:
         result = run_module(module, args)
