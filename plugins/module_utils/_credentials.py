@@ -43,7 +43,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     duration, int_in, k8s_data_key, k8s_name, no_control, shown,
 )
-from ansible_collections.runbook.ops.plugins.module_utils._rollout import WORKLOAD_KINDS, wait_rollouts
+from ansible_collections.runbook.ops.plugins.module_utils._rollout import WORKLOAD_KINDS, Workload, wait_rollouts
 
 ROTATED_AT = "runbook.ops/rotated-at"
 ROTATION_ANNOTATION = "runbook.ops/credential-rotation"
@@ -84,17 +84,6 @@ def credential_argspec() -> t.Dict[str, t.Any]:
 
 # ----------------------------------------------------------------------------------------------
 # Options
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    kind: str
-    name: str
-    namespace: str
-
-    @property
-    def ref(self) -> str:
-        return "%s/%s/%s" % (self.kind, self.namespace, self.name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ import dataclasses
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size, duration, number
 
 Finding = t.Dict[str, t.Any]
 
@@ -106,3 +107,31 @@ class Limit:
             if level is not None and (value <= level if self.lower_is_worse else value >= level):
                 return severity
         return "ok"
+
+
+def _level(kind: str, what: str, value: t.Any) -> t.Optional[float]:
+    if value is None or value == "":
+        return None
+    if kind == "duration":
+        return duration(what, value)
+    if kind == "size":
+        return float(byte_size(what, value))
+    return number(what, value, 0.0)
+
+
+def limits_from(given: t.Mapping[str, t.Any], kinds: t.Mapping[str, str],
+                lower_is_worse: t.Collection[str] = ()) -> t.Dict[str, Limit]:
+    """Each measure's :class:`Limit` from a ``thresholds`` option holding ``<name>_warning`` and
+    ``<name>_critical``; ``kinds`` maps each name to ``duration`` (seconds), ``size`` (bytes) or
+    ``number``. A critical level milder than the warning level is refused, naming both."""
+    limits = {}
+    for name, kind in kinds.items():
+        warning = _level(kind, "thresholds.%s_warning" % name, given["%s_warning" % name])
+        critical = _level(kind, "thresholds.%s_critical" % name, given["%s_critical" % name])
+        limit = Limit(warning, critical, lower_is_worse=name in lower_is_worse)
+        if warning is not None and critical is not None and (
+                critical > warning if limit.lower_is_worse else critical < warning):
+            raise RunbookError("thresholds.%s_critical must be %s than thresholds.%s_warning" % (
+                name, "lower" if limit.lower_is_worse else "at least as high", name))
+        limits[name] = limit
+    return limits

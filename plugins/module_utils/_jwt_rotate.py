@@ -35,7 +35,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     duration, k8s_data_key, k8s_name, no_control, number, shown,
 )
-from ansible_collections.runbook.ops.plugins.module_utils._rollout import WORKLOAD_KINDS, Started, wait_rollouts
+from ansible_collections.runbook.ops.plugins.module_utils._rollout import WORKLOAD_KINDS, Workload, Started, wait_rollouts
 
 MANAGED_LABELS = {"app.kubernetes.io/managed-by": "runbook.ops"}
 MAX_DURATION = 100 * 365 * 86400.0
@@ -72,17 +72,6 @@ class Target:
         if obj.get("data") is None:
             obj["data"] = {}
         obj["data"][self.key] = content.decode("utf-8") if self.kind == "ConfigMap" else _b64(content)
-
-
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    kind: str
-    name: str
-    namespace: str
-
-    @property
-    def ref(self) -> str:
-        return "%s/%s/%s" % (self.kind, self.namespace, self.name)
 
 
 @dataclasses.dataclass(frozen=True)

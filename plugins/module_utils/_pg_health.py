@@ -18,9 +18,9 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import Result, RunbookError, Task, options_from
 from ansible_collections.runbook.ops.plugins.module_utils._findings import (
-    Finding, Limit, finding, judged)
+    Finding, Limit, finding, judged, limits_from)
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
-    byte_size, check_params, duration, human_bytes, human_seconds, number, pg_name)
+    byte_size, check_params, human_bytes, human_seconds, pg_name)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
     PgConnection, PgConnectionOptions, import_psycopg, last_line, open_endpoint)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_stats import (
@@ -49,16 +49,6 @@ NUMBER_THRESHOLDS = ("connections", "txid_age", "freeze_max_age", "dead_tuples",
 LOWER_IS_WORSE = ("cache_hit_ratio",)
 
 
-def _level(kind: str, what: str, value: t.Any) -> t.Optional[float]:
-    if value is None or value == "":
-        return None
-    if kind == "duration":
-        return duration(what, value)
-    if kind == "size":
-        return float(byte_size(what, value))
-    return number(what, value, 0.0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """Every measure's levels, from the ``thresholds`` option (durations in seconds, sizes in bytes)."""
@@ -67,20 +57,9 @@ class Thresholds:
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "Thresholds":
-        given = params["thresholds"]
         kinds = dict([(name, "duration") for name in DURATION_THRESHOLDS] + [(name, "size") for name in SIZE_THRESHOLDS]
                      + [(name, "number") for name in NUMBER_THRESHOLDS])
-        limits = {}
-        for name, kind in kinds.items():
-            warning = _level(kind, "thresholds.%s_warning" % name, given["%s_warning" % name])
-            critical = _level(kind, "thresholds.%s_critical" % name, given["%s_critical" % name])
-            limit = Limit(warning, critical, lower_is_worse=name in LOWER_IS_WORSE)
-            if warning is not None and critical is not None and (
-                    critical > warning if limit.lower_is_worse else critical < warning):
-                raise RunbookError("thresholds.%s_critical must be %s than thresholds.%s_warning" % (
-                    name, "lower" if limit.lower_is_worse else "at least as high", name))
-            limits[name] = limit
-        return cls(limits)
+        return cls(limits_from(params["thresholds"], kinds, LOWER_IS_WORSE))
 
     def __getitem__(self, name: str) -> Limit:
         return self.limits[name]

@@ -22,11 +22,9 @@ import time
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import Result, RunbookError, Task, options_from
-from ansible_collections.runbook.ops.plugins.module_utils._findings import FAIL_ON_CHOICES, Finding, finding, judged
-from ansible_collections.runbook.ops.plugins.module_utils._names import human_seconds, duration, number, shown
-# Limit, byte_size and human_bytes are the generic threshold and size helpers of the health modules.
-from ansible_collections.runbook.ops.plugins.module_utils._findings import Limit
-from ansible_collections.runbook.ops.plugins.module_utils._names import byte_size, human_bytes
+from ansible_collections.runbook.ops.plugins.module_utils._findings import (
+    FAIL_ON_CHOICES, Finding, Limit, finding, judged, limits_from)
+from ansible_collections.runbook.ops.plugins.module_utils._names import human_bytes, human_seconds, number, shown
 from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
     Info, RedisConnection, RedisConnectionOptions, RedisReplyError, UnknownCommand, info_int, parse_info, reach,
     redis_connection_argspec)
@@ -100,29 +98,11 @@ def redis_health_argspec() -> t.Dict[str, t.Any]:
 
 # --------------------------------------------------------------------------- options
 
-def _level(name: str, what: str, value: t.Any) -> t.Optional[float]:
-    if value is None or value == "":
-        return None
-    if name in DURATIONS:
-        return duration(what, value)
-    if name in SIZES:
-        return float(byte_size(what, value))
-    return number(what, value, 0.0)
-
-
 def thresholds_from(given: t.Mapping[str, t.Any]) -> t.Dict[str, Limit]:
     """Each measure's levels (durations in seconds, sizes in bytes); critical may not be milder than warning."""
-    limits = {}
-    for name in THRESHOLD_DEFAULTS:
-        warning = _level(name, "thresholds.%s_warning" % name, given["%s_warning" % name])
-        critical = _level(name, "thresholds.%s_critical" % name, given["%s_critical" % name])
-        limit = Limit(warning, critical, lower_is_worse=name in LOWER_IS_WORSE)
-        if warning is not None and critical is not None and (
-                critical > warning if limit.lower_is_worse else critical < warning):
-            raise RunbookError("thresholds.%s_critical must be %s than thresholds.%s_warning" % (
-                name, "lower" if limit.lower_is_worse else "at least as high", name))
-        limits[name] = limit
-    return limits
+    kinds = {name: "duration" if name in DURATIONS else "size" if name in SIZES else "number"
+             for name in THRESHOLD_DEFAULTS}
+    return limits_from(given, kinds, LOWER_IS_WORSE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ watches the workload (``k8s_rollout``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import typing as t
@@ -18,6 +19,19 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_watch import watch
 
 WORKLOAD_KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A workload named by kind, namespace and name (what a restart or a rollout wait is about)."""
+
+    kind: str
+    name: str
+    namespace: str
+
+    @property
+    def ref(self) -> str:
+        return "%s/%s/%s" % (self.kind, self.namespace, self.name)
 
 
 def rollout_done(kind: str, obj: K8sObject, generation: int) -> t.Tuple[bool, str]:
