@@ -8,11 +8,23 @@ import json
 import typing as t
 from pathlib import Path
 
+import pytest
+
 from tests.harness.collection import run_module
 from tests.harness.fixtures import REDIS_RENAMED_BGSAVE, make_client_cert, make_tls_files
 from tests.harness.services import RedisServer
 
 RENAMED_FLUSHDB = "OPS_FLUSHDB_5e6f7a8b"
+# The databases these tests fill on the session-wide Redis; emptied afterwards, because other test
+# files compare that server's key counts with what they wrote themselves.
+USED_DBS = (4, 6, 7, 8)
+
+
+@pytest.fixture(autouse=True)
+def leave_the_shared_server_as_found(redis_plain: RedisServer) -> t.Iterator[None]:
+    yield
+    for db in USED_DBS:
+        redis_plain.client(db=db).flushdb()
 
 
 def fill(server: RedisServer, db: int, prefix: str, count: int) -> None:
