@@ -23,7 +23,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Task, options_from,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
-    K8sClient, K8sForbidden, K8sNotFound, K8sObject, object_ref, reports_api_requests,
+    K8sClient, K8sConflict, K8sForbidden, K8sNotFound, K8sObject, object_ref, reports_api_requests,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._names import check_params, duration, k8s_name, k8s_namespace
 from ansible_collections.runbook.ops.plugins.module_utils._rollout import (
@@ -248,10 +248,22 @@ class Rollout:
     # -- writing --------------------------------------------------------------------------------
 
     def patch(self, wl: Workload, patch: t.Any, patch_type: str = "merge") -> K8sObject:
-        """Patch conditionally on the resourceVersion read (a server-side dry run in check mode)."""
-        version = wl.obj["metadata"]["resourceVersion"]
-        after = self.client.patch("apps/v1", wl.plural, wl.name, patch, wl.namespace, patch_type=patch_type,
-                                  resource_version=version, dry_run=self.task.check_mode)
+        """Patch conditionally on the resourceVersion read (a server-side dry run in check mode).
+
+        Controllers bump the resourceVersion whenever they report status; a conflict is retried on
+        the fresh object only while what the decision rested on (spec and our annotations) is as read.
+        """
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                after = self.client.patch("apps/v1", wl.plural, wl.name, patch, wl.namespace, patch_type=patch_type,
+                                          resource_version=wl.obj["metadata"]["resourceVersion"],
+                                          dry_run=self.task.check_mode)
+                break
+            except K8sConflict:
+                fresh = self.client.get("apps/v1", wl.plural, wl.name, wl.namespace)
+                if attempt == CONFLICT_ATTEMPTS or fresh is None or _decided_on(fresh) != _decided_on(wl.obj):
+                    raise
+                wl.obj = fresh
         if self.task.diff:
             self.diff.append(_diff(wl, after))
         return after
@@ -588,3 +600,16 @@ def _gate_restart(run: Rollout, refs: t.Sequence[TargetRef]) -> None:
     if run.health.status != "passed":
         raise RunbookError.keeping("health gate after the restart %s: %s" % (run.health.status, run.health.summary()),
                                    run.result(""))
+
+
+CONFLICT_ATTEMPTS = 5
+# Annotations a controller writes on its own (not part of what a rollout decision rests on).
+_CONTROLLER_ANNOTATIONS = ("deployment.kubernetes.io/revision",)
+
+
+def _decided_on(obj: K8sObject) -> t.Tuple[t.Any, t.Any]:
+    """What a write decision rests on: the spec and the annotations other than the controllers' own."""
+    annotations = dict((obj.get("metadata") or {}).get("annotations") or {})
+    for key in _CONTROLLER_ANNOTATIONS:
+        annotations.pop(key, None)
+    return obj.get("spec"), annotations

@@ -262,7 +262,7 @@ def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_cluster):
     admin.patch("apps/v1", "deployments", "auth-service",
                 {"spec": {"template": {"metadata": {"annotations": {"runbook.ops/fault": None}}}}}, ns)
     rerun = rollout(own_cluster, ns, action="start", steps=STEPS, wait_timeout="90s")
-    assert not rerun.get("failed"), rerun
+    assert not rerun.get("failed"), (rerun.get("msg"), rerun.get("steps"))
     actions = [e["action"] for e in rerun["targets"]]
     assert actions == ["already_started", "already_started", "started"], rerun["targets"]
     obj = admin.get("apps/v1", "deployments", "auth-service", ns)
