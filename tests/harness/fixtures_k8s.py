@@ -35,6 +35,19 @@ def kube_cluster() -> t.Iterator[KubeCluster]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def own_kube_cluster() -> t.Iterator[KubeCluster]:
+    """A cluster of this test's own, for tests that kill its API server."""
+    workdir = Path(tempfile.mkdtemp(prefix="runbook-k8s-own-"))
+    cluster = KubeCluster(workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def kube_admin(kube_cluster: KubeCluster):
     return kube_cluster.client()

@@ -37,7 +37,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.harness.collection import REPO, ensure_collection_path
-from tests.harness.process import ManagedProcess, ServiceError, free_port
+from tests.harness.process import ManagedProcess, ServiceError, free_port, wait_for  # noqa: F401  pylint: disable=unused-import
 
 ensure_collection_path()
 
@@ -208,6 +208,7 @@ class KubeCluster:
         self.workdir = Path(workdir)
         self.audit = audit
         self.bin_dir = bin_dir
+        self._apiserver_argv: t.List[str] = []
         self.with_controller_manager = controller_manager
         self.with_node_agent = node_agent
         self.etcd = ManagedProcess("etcd", self.workdir)
@@ -298,7 +299,7 @@ class KubeCluster:
         self.etcd.wait_port("127.0.0.1", etcd_port, timeout=timeout)
         self.server = "https://127.0.0.1:%d" % api_port
         wd = self.workdir
-        self.apiserver.spawn([
+        self._apiserver_argv = [
             _binary(bin_dir, "kube-apiserver"),
             "--etcd-servers", "http://127.0.0.1:%d" % etcd_port,
             "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", str(api_port),
@@ -319,7 +320,8 @@ class KubeCluster:
             # KWOK's Node answers logs, exec and port-forward on 127.0.0.1 (its InternalIP).
             "--kubelet-preferred-address-types", "InternalIP,Hostname",
             "--profiling=false", "--v=0",
-        ] + self._audit_args())
+        ] + self._audit_args()
+        self.apiserver.spawn(self._apiserver_argv)
         self._write_state()
         ca_pem = (wd / "ca.crt").read_bytes()
         _write_kubeconfig(self.kubeconfig, kubeconfig_dict(
@@ -443,6 +445,13 @@ class KubeCluster:
 
     def _write_state(self) -> None:
         self.state_file.write_text(json.dumps({"server": self.server, "kubeconfig": str(self.kubeconfig)}))
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again, after a test killed it, with the arguments it ran with (etcd
+        kept the state); returns once it answers ``/readyz``."""
+        self.apiserver.stop()
+        self.apiserver.spawn(self._apiserver_argv)
+        self.apiserver.wait_until(self._ready, timeout=timeout, what="ready again (/readyz)")
 
     def stop(self) -> None:
         """Stop every process (controller manager first, etcd last); safe to call more than once."""
@@ -708,17 +717,6 @@ def create_certificate(client: _k8s.K8sClient, body: dict) -> dict:
     created = client.create("cert-manager.io/v1", "certificates", body)
     created["status"] = status
     return client.update_status("cert-manager.io/v1", "certificates", created)
-
-
-def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 30.0, what: str = "condition") -> t.Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.2)
 
 
 def grant_read(client: _k8s.K8sClient, namespace_: str, resources: t.Mapping[str, t.Sequence[str]],

@@ -126,3 +126,15 @@ class ManagedProcess:
     def kill(self) -> None:
         """Fault injection: SIGKILL with no chance to clean up."""
         self.stop(timeout=0, signum=signal.SIGKILL)
+
+
+def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 30.0, what: str = "condition") -> t.Any:
+    """Poll ``predicate`` until it returns something true (returned); AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(0.2)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import signal
-import tempfile
 import threading
 import typing as t
 import uuid
@@ -365,20 +363,8 @@ def test_no_secret_value_in_verbose_playbook_output(kube_cluster, kube_admin, ku
 # The API server killed mid-restore (a cluster of its own)
 
 
-@pytest.fixture
-def doomed_cluster() -> t.Iterator[k8s.KubeCluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="runbook-k8s-backup-doomed-"))
-    cluster = k8s.KubeCluster(workdir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def test_api_server_killed_mid_restore_then_a_rerun_completes_without_duplicates(doomed_cluster, tmp_path):
-    cluster = doomed_cluster
+def test_api_server_killed_mid_restore_then_a_rerun_completes_without_duplicates(own_kube_cluster, tmp_path):
+    cluster = own_kube_cluster
     admin = cluster.client()
     ns = "doomed"
     k8s.namespace(admin, ns)
@@ -388,7 +374,6 @@ def test_api_server_killed_mid_restore_then_a_rerun_completes_without_duplicates
     made = backup(cluster, namespaces=[ns], exclude_kinds=["Secret"], **repo)
     assert not made.get("failed") and made["counts"]["v1/ConfigMap"] == 300, made
     drill = "doomed-drill"
-    argv = [a.decode() for a in Path("/proc/%d/cmdline" % cluster.apiserver.pid).read_bytes().split(b"\0") if a]
 
     def kill_when_started() -> None:
         wait_for(lambda: len(admin.list("v1", "configmaps", drill)) >= 40 if admin.get(
@@ -406,8 +391,7 @@ def test_api_server_killed_mid_restore_then_a_rerun_completes_without_duplicates
     assert 40 <= len(done) < 300
     assert cut["status"] == "critical" and cut["api_requests"] > 0
 
-    cluster.apiserver.stop()
-    restart_apiserver(cluster, argv)
+    cluster.restart_apiserver()
     rerun = backup(cluster, state="restore", namespaces=[ns], namespace_mapping={ns: drill}, **repo)
     assert not rerun.get("failed"), rerun
     actions = [e["action"] for e in rerun["objects"] if e["kind"] == "ConfigMap"]
@@ -415,19 +399,3 @@ def test_api_server_killed_mid_restore_then_a_rerun_completes_without_duplicates
     assert actions.count("skipped") >= len(done)
     names = sorted(o["metadata"]["name"] for o in cluster.client().list("v1", "configmaps", drill))
     assert names == ["cm-%03d" % i for i in range(300)] + ["kube-root-ca.crt"]
-
-
-def restart_apiserver(cluster: k8s.KubeCluster, argv: t.Sequence[str]) -> None:
-    """Start kube-apiserver again with the arguments it ran with (etcd kept the state)."""
-    cluster.apiserver.spawn(argv)
-    port = cluster.server.rsplit(":", 1)[1]
-    cluster.apiserver.wait_port("127.0.0.1", int(port), timeout=60)
-    wait_for(lambda: _answers(cluster), timeout=60, what="the API server to answer again")
-
-
-def _answers(cluster: k8s.KubeCluster) -> bool:
-    try:
-        cluster.client().version()
-    except Exception:  # pylint: disable=broad-except
-        return False
-    return True

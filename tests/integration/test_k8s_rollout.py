@@ -4,15 +4,11 @@ Deployments and StatefulSets out."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import signal
-import tempfile
 import typing as t
 import uuid
-from pathlib import Path
 
-import pytest
 
 from tests.harness import kwok
 from tests.harness.collection import run_module
@@ -204,32 +200,8 @@ def test_rbac_without_patch_on_statefulsets_fails_before_anything_changes(kube_c
         assert spec_replicas(kube_admin, ns, workload["kind"], workload["name"]) == workload["replicas"]
 
 
-@pytest.fixture
-def own_cluster() -> t.Iterator[KubeCluster]:
-    workdir = Path(tempfile.mkdtemp(prefix="runbook-rollout-doomed-"))
-    cluster = KubeCluster(workdir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _restart_apiserver(cluster: KubeCluster, argv: t.List[str]) -> None:
-    cluster.apiserver.spawn(argv)
-    wait_for(lambda: _answers(cluster), timeout=60, what="API server back")
-
-
-def _answers(cluster: KubeCluster) -> bool:
-    try:
-        cluster.client().version()
-        return True
-    except Exception:  # pylint: disable=broad-except
-        return False
-
-
-def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_cluster):
+def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_kube_cluster):
+    own_cluster = own_kube_cluster
     admin = own_cluster.client()
     ns = "t-" + uuid.uuid4().hex[:8]
     namespace(admin, ns)
@@ -239,7 +211,6 @@ def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_cluster):
         plural = "deployments" if workload["kind"] == "Deployment" else "statefulsets"
         admin.patch("apps/v1", plural, workload["name"], {"metadata": {"annotations": {"runbook.ops/stopped": json.dumps(
             {"replicas": workload["replicas"], "hpa": None, "services": []})}}}, ns)
-    argv = Path("/proc/%d/cmdline" % own_cluster.apiserver.pid).read_bytes().decode().split("\0")[:-1]
     # The auth-service step can never settle in time (its image fails to pull); the API server dies meanwhile.
     admin.patch("apps/v1", "deployments", "auth-service",
                 {"spec": {"template": {"metadata": {"annotations": {"runbook.ops/fault": "imagepullbackoff"}}}}}, ns)
@@ -257,7 +228,7 @@ def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_cluster):
     assert result.get("failed"), result
     assert "step 3 (Deployment/auth-service) failed" in result["msg"], result["msg"]
     assert [s["status"] for s in result["steps"]] == ["done", "done", "failed"]
-    _restart_apiserver(own_cluster, argv)
+    own_cluster.restart_apiserver()
     admin = own_cluster.client()
     admin.patch("apps/v1", "deployments", "auth-service",
                 {"spec": {"template": {"metadata": {"annotations": {"runbook.ops/fault": None}}}}}, ns)

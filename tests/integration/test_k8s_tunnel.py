@@ -7,15 +7,12 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import typing as t
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -331,23 +328,17 @@ def test_closed_afterwards_on_success_and_on_error(lab, redis_plain):
 
 
 @pytest.fixture
-def doomed_lab(postgres) -> t.Iterator[Lab]:
-    workdir = Path(tempfile.mkdtemp(prefix="runbook-tunnel-doomed-"))
-    cluster = k8s.KubeCluster(workdir)
-    try:
-        cluster.start()
-        admin = cluster.client()
-        namespace = "t-" + uuid.uuid4().hex[:8]
-        k8s.namespace(admin, namespace)
-        kwok.port_forward(admin, "tunnel-postgres", {5432: ("127.0.0.1", postgres.port)}, namespaces=[namespace])
-        admin.create("apps/v1", "statefulsets", statefulset("postgres", namespace, [("postgres", 5432)]))
-        admin.create("v1", "services", service("postgres", namespace, "postgres", [{"port": 5432}]))
-        rolled_out(admin, namespace, ("statefulsets", "postgres"))
-        forwarding(admin, namespace, "pod/postgres-0", 5432)
-        yield Lab(cluster, admin, namespace)
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+def doomed_lab(own_kube_cluster, postgres) -> t.Iterator[Lab]:
+    cluster = own_kube_cluster
+    admin = cluster.client()
+    namespace = "t-" + uuid.uuid4().hex[:8]
+    k8s.namespace(admin, namespace)
+    kwok.port_forward(admin, "tunnel-postgres", {5432: ("127.0.0.1", postgres.port)}, namespaces=[namespace])
+    admin.create("apps/v1", "statefulsets", statefulset("postgres", namespace, [("postgres", 5432)]))
+    admin.create("v1", "services", service("postgres", namespace, "postgres", [{"port": 5432}]))
+    rolled_out(admin, namespace, ("statefulsets", "postgres"))
+    forwarding(admin, namespace, "pod/postgres-0", 5432)
+    yield Lab(cluster, admin, namespace)
 
 
 def test_api_server_stopping_mid_stream_fails_naming_the_tunnel(doomed_lab, postgres):

@@ -15,6 +15,7 @@ import pytest
 
 from tests.harness.collection import run_module
 from tests.harness.pg_replica import pg_replicated  # noqa: F401  pylint: disable=unused-import
+from tests.harness.process import wait_for
 
 
 def _connect(server, db: str = "postgres", autocommit: bool = True, **login) -> psycopg.Connection:
@@ -31,15 +32,6 @@ def _run(server, check_mode: bool = False, **params) -> dict:
 
 def _by(result: dict, check: str, obj: t.Optional[str] = None) -> t.List[dict]:
     return [f for f in result["findings"] if f["check"] == check and (obj is None or f["object"] == obj)]
-
-
-def _wait_for(predicate: t.Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in %ss" % timeout)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +54,8 @@ def test_sessions_idle_in_transaction_and_lock_waits(postgres, health_db):
         holder.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
         holder_pid = holder.info.backend_pid
         blocked.start()
-        _wait_for(lambda: postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND pid = %d" % waiter.info.backend_pid) == "1")
+        wait_for(lambda: postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND pid = %d" % waiter.info.backend_pid) == "1")
         time.sleep(1.5)
         checks = ["connectivity", "idle_in_transaction", "lock_waits", "long_transactions"]
         result = _run(postgres, databases=[health_db], checks=checks,
@@ -123,8 +115,8 @@ def test_invalid_index_dead_rows_bloat_and_stale_statistics(postgres, health_db)
     postgres.psql("DELETE FROM events WHERE id % 10 <> 0", db=health_db)
     postgres.psql("VACUUM ANALYZE events", db=health_db)
     _interrupted_reindex(postgres, health_db)
-    _wait_for(lambda: postgres.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'",
-                                    db=health_db) not in ("", "0"))
+    wait_for(lambda: postgres.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'",
+                                   db=health_db) not in ("", "0"))
 
     result = _run(postgres, databases=[health_db], min_table_size=0,
                   checks=["invalid_indexes", "dead_tuples", "table_bloat", "last_vacuum", "last_analyze", "index_bloat"],
@@ -268,8 +260,8 @@ def test_replication_lag_and_slots(pg_replicated):  # noqa: F811
     replica.pause_replay()
     try:
         primary.psql("CREATE TABLE filler AS SELECT g, repeat('w', 500) AS pad FROM generate_series(1, 20000) g")
-        _wait_for(lambda: replica.psql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
-                                       "> 1048576") == "t")
+        wait_for(lambda: replica.psql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
+                                      "> 1048576") == "t")
         behind = _run(primary, checks=checks, thresholds={"replication_lag_bytes_warning": "1MB",
                                                           "replication_lag_bytes_critical": "1GB"})
         lag = _by(behind, "replication_lag")[0]

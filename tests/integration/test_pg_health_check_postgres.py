@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness.collection import run_module
 from tests.harness.pg_replica import pg_replicated  # noqa: F401  pylint: disable=unused-import
+from tests.harness.process import wait_for
 
 # check_postgres's exit codes are the Nagios plugin states.
 VERDICTS = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
@@ -75,15 +76,6 @@ def _connect(server, db: str = "postgres", autocommit: bool = True) -> psycopg.C
                            dbname=db, autocommit=autocommit)
 
 
-def _wait_for(predicate: t.Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in %ss" % timeout)
-
-
 @pytest.fixture(scope="module")
 def compared_db(postgres) -> str:
     name = "cmp_%s" % uuid.uuid4().hex[:6]
@@ -132,8 +124,8 @@ def test_lock_wait_same_verdict_and_count_versus_time(postgres, compared_db):
         holder.execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
         blocked.start()
         obj = "session/%d" % waiter.info.backend_pid
-        _wait_for(lambda: postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND pid = %d" % waiter.info.backend_pid) == "1")
+        wait_for(lambda: postgres.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND pid = %d" % waiter.info.backend_pid) == "1")
         time.sleep(1.5)
         ours = pg_health(postgres, ["lock_waits"], thresholds={"lock_wait_warning": "1s", "lock_wait_critical": "1h"})
         theirs, output = check_postgres(postgres, "locks", "--warning=waiting=1", "--critical=waiting=5")
@@ -210,8 +202,8 @@ def test_last_vacuum_and_analyze_age(postgres):
                   "FROM generate_series(1, 1000) g", db=compared_db)
     postgres.psql("VACUUM ANALYZE vacuumed", db=compared_db)
     obj = "table/%s/public.vacuumed" % compared_db
-    _wait_for(lambda: postgres.psql("SELECT last_vacuum IS NOT NULL AND last_analyze IS NOT NULL FROM "
-                                    "pg_stat_user_tables WHERE relname = 'vacuumed'", db=compared_db) == "t")
+    wait_for(lambda: postgres.psql("SELECT last_vacuum IS NOT NULL AND last_analyze IS NOT NULL FROM "
+                                   "pg_stat_user_tables WHERE relname = 'vacuumed'", db=compared_db) == "t")
     time.sleep(2.5)
     for action, check, measure in (("last_vacuum", "last_vacuum", "vacuum_age"),
                                    ("last_analyze", "last_analyze", "analyze_age")):
@@ -241,8 +233,8 @@ def test_dead_rows_and_bloat(postgres, compared_db):
                   "INSERT INTO churned SELECT g, repeat('p', 200) FROM generate_series(1, 20000) g; "
                   "ANALYZE churned; DELETE FROM churned WHERE id % 10 <> 0", db=compared_db)
     obj = "table/%s/public.churned" % compared_db
-    _wait_for(lambda: postgres.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churned'",
-                                    db=compared_db) not in ("", "0"))
+    wait_for(lambda: postgres.psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churned'",
+                                   db=compared_db) not in ("", "0"))
     levels = {"bloat_warning": "256kB", "bloat_critical": "1GB"}
     ours = pg_health(postgres, ["dead_tuples", "table_bloat"], databases=[compared_db], min_table_size=0,
                      thresholds=levels)
@@ -285,8 +277,8 @@ def test_paused_replica_and_inactive_slot(pg_replicated):  # noqa: F811
         assert (verdict(ours, "replication_slots", "slot/cmp_stale"), theirs) == ("WARNING", "OK"), output
 
         primary.psql("CREATE TABLE cmp_filler AS SELECT g, repeat('w', 500) AS pad FROM generate_series(1, 20000) g")
-        _wait_for(lambda: replica.psql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
-                                       "> 1048576") == "t")
+        wait_for(lambda: replica.psql("SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) "
+                                      "> 1048576") == "t")
         ours = pg_health(primary, ["replication_lag", "replication_slots"], thresholds=dict(
             slot_retained_wal_warning="1MB", slot_retained_wal_critical="1GB",
             replication_lag_bytes_warning="1MB", replication_lag_bytes_critical="1GB"))
