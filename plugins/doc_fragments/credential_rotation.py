@@ -92,6 +92,11 @@ options:
     description:
       - How long the previous credential stays valid after every consumer is Ready. V(0) revokes it at the end
         of the run; otherwise a run after the grace period revokes it (the Secret's rotation record keeps it).
+        Runs before the end report the date and change nothing; the run after it revokes and reports
+        RV(changed=true), RV(revoked=true). Schedule the task often enough (or run it again after the grace
+        period) for the revocation to happen. O(force) revokes at once.
+      - Only where the previous credential can stay valid - PostgreSQL C(strategy=alternating) and Redis; with
+        PostgreSQL C(strategy=single) the previous password is gone when the new one is set.
     type: str
     default: '0'
 """

@@ -580,7 +580,10 @@ def _due(run: Run, current: Login) -> t.Optional[str]:
 def _switch(run: Run, record: Record, workloads: t.Sequence[Workload], reason: str) -> Result:
     """The database accepts ``record.new``: write the Secret, move the consumers, revoke the previous."""
     opts = run.opts
-    write_secret(run.client, opts.secret, record.new, record.stamp)
+    try:
+        write_secret(run.client, opts.secret, record.new, record.stamp)
+    except RunbookError as exc:
+        raise run.failure(_unwritten(run, record, exc.msg))
     run.rotated, run.user, run.rotated_at = True, record.new.user, parse_time(record.stamp)
     run.step("secret", "written", "%s points at %s" % (opts.secret.ref, record.new.user))
     record.phase = "restarting"
@@ -599,6 +602,17 @@ def _switch(run: Run, record: Record, workloads: t.Sequence[Workload], reason: s
                           "stays valid" % record.new.user)
     run.step("verify", "ok", "%s logs in with the new password" % record.new.user)
     return _finish(run, record, "%s rotated (%s): %s now uses %s" % (opts.secret.ref, reason, opts.secret.ref, record.new.user))
+
+
+def _unwritten(run: Run, record: Record, reason: str) -> str:
+    """Why the Secret was not written and what the next run does: the database already accepts the
+    new password, which the rotation record (written before the database change) keeps."""
+    previous = ("the previous credential of %s stays valid meanwhile" % record.previous.user if run.service.overlap
+                else "the previous password no longer logs in, so consumers that restart meanwhile cannot connect")
+    return ("writing %s failed after %s %s accepted the new password: %s. The new password is kept in the rotation "
+            "record Secret/%s/%s; run again once the API server answers and the next run finishes the rotation with "
+            "it (%s)" % (run.opts.secret.ref, run.service.kind, record.new.user, reason, run.opts.secret.namespace,
+                         run.opts.secret.record_name, previous))
 
 
 def _release(run: Run, record: Record) -> None:

@@ -6,8 +6,11 @@
 An ACL user may hold several passwords: ``ACL SETUSER user >new`` adds the new one while the old one
 keeps working, the consumers move, and ``ACL SETUSER user <old`` removes it. Both changes are
 persisted with ``ACL SAVE`` when the server keeps its users in an ACL file. A server that only has
-``requirepass`` is the ``default`` user: the same commands apply, but the change lives in memory
-until its configuration file says the same (warned about). Connections authenticated before the
+``requirepass`` is the ``default`` user: the same commands apply (Redis 6 and later keep several
+passwords for it too), and the change is persisted with ``CONFIG REWRITE``, which writes the users
+into the configuration file as SHA-256 hashes; once the previous password is removed,
+``requirepass`` is pointed at the new one first, so the file names no revoked password. A server with
+neither file keeps the change in memory only (warned about). Connections authenticated before the
 old password was removed stay authenticated (Redis checks passwords only at ``AUTH``).
 """
 
@@ -26,6 +29,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._redis_client import (
 )
 
 NO_ACL_FILE = "not configured to use an ACL file"
+DEFAULT_USER = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,21 +123,41 @@ class RedisService:
         if error.text and "does not exist" not in error.text and "no such" not in error.text.lower():
             raise RunbookError("removing the previous password of %s on Redis at %s failed: %s"
                                % (previous.user, self.admin().where, error.text.split(":", 1)[0]))
-        self.persist()
+        self.persist(current)
         return True
 
-    def persist(self) -> None:
+    def persist(self, current: t.Optional[Login] = None) -> None:
+        """``ACL SAVE``; a server without an ACL file gets ``CONFIG REWRITE`` instead, after its
+        ``requirepass`` is pointed at ``current`` (the default user's only password once the previous
+        one is removed)."""
         conn = self.admin()
         try:
             conn.call("ACL", "SAVE")
+            return
         except RedisReplyError as exc:
-            if NO_ACL_FILE in exc.text:
-                self.task.warn("Redis at %s keeps its users in its configuration file, not an ACL file: the password "
-                               "change lives in memory until that file says the same (a restart brings the old "
-                               "password back)" % conn.where)
-                return
-            raise permission_error(conn, exc, "ACL SAVE", "+acl") if exc.code == "NOPERM" else RunbookError(
-                "ACL SAVE on Redis at %s failed: %s" % (conn.where, exc.text))
+            if NO_ACL_FILE not in exc.text:
+                raise permission_error(conn, exc, "ACL SAVE", "+acl") if exc.code == "NOPERM" else RunbookError(
+                    "ACL SAVE on Redis at %s failed: %s" % (conn.where, exc.text))
+        if current is not None and current.user == DEFAULT_USER:
+            self._point_requirepass(current.password)
+        try:
+            conn.call("CONFIG", "REWRITE")
+        except RedisReplyError as exc:
+            self.task.warn("Redis at %s has no ACL file and CONFIG REWRITE failed (%s): the password change lives in "
+                           "memory only, and a restart of the server brings the previous password back"
+                           % (conn.where, exc.text.split("\n", 1)[0]))
+
+    def _point_requirepass(self, password: str) -> None:
+        """``CONFIG SET requirepass`` to ``password`` when the server uses it (Redis redacts the value
+        in SLOWLOG and MONITOR); it leaves ``password`` as the default user's only one."""
+        conn = self.admin()
+        try:
+            configured = conn.config_get("requirepass")
+            if configured and configured != password:
+                conn.call("CONFIG", "SET", "requirepass", password)
+        except RedisReplyError as exc:
+            self.task.warn("requirepass of Redis at %s was not updated (%s): its configuration file may still name "
+                           "the previous password" % (conn.where, exc.text.replace(password, "********")))
 
 
 def run_redis_credential_rotate(task: Task[RedisRotateOptions]) -> Result:

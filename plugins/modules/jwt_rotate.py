@@ -158,6 +158,9 @@ options:
       - Workloads restarted (new pod template, as C(kubectl rollout restart) does) when this run changed the
         key set, the published set or the active key secret. They are checked to exist before anything is
         written.
+      - Besides these, every Deployment, StatefulSet and DaemonSet whose pod template references the key set's
+        Secret or the O(active_key_secret) Secret (C(env), C(envFrom), volumes, projected volumes) is
+        restarted after them, found the way M(runbook.ops.pg_credential_rotate) finds its consumers.
     type: list
     elements: dict
     default: []
@@ -190,6 +193,12 @@ options:
         For tests and reproducible runs.
     type: str
 notes:
+  - An application that reads one HMAC secret from an environment variable (C(JWT_SECRET) through
+    O(active_key_secret)) knows only the key it was started with. Tokens signed with the old secret stop
+    verifying as soon as that consumer restarts (users are logged out), and during the rollout old and new
+    Pods reject each other's tokens; O(grace_period) keeps the retired key in the key set, which such an
+    application never reads. Rotate in a quiet hour with short token lifetimes, or let the application
+    verify against every key of the key set.
   - The Secret's key set is a standard private JWK Set; each key carries the extra members C(state),
     C(created), C(activated) and C(retire_at), and the set the member C(removed) (the kids revoked or dropped
     lately, with when and why), which JWK libraries ignore. The active key comes first.
@@ -197,8 +206,10 @@ notes:
     its C(retire_at)) reports RV(changed=false).
   - In check mode, the kid of a key that would be made is the kid of a key made and thrown away; the real
     run makes another one.
-  - Needs get, create and update on Secrets (and ConfigMaps for O(public_jwks)) in the namespaces used, and
-    get and patch on the workloads in O(restart).
+  - Needs get, create and update on Secrets (and ConfigMaps for O(public_jwks)) in the namespaces used,
+    get and patch on the workloads in O(restart) and on the ones found, and list on Deployments,
+    StatefulSets, DaemonSets and CronJobs in the namespaces of the Secrets written (without it, a warning
+    and only O(restart) is restarted).
 seealso:
   - name: RFC 7638 JSON Web Key (JWK) Thumbprint
     description: How the key ids are computed.

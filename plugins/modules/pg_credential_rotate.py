@@ -15,18 +15,26 @@ description:
     waiting for each to be Ready, and only then revokes the previous credential.
   - The password reaches the server only as a SCRAM-SHA-256 verifier computed by the module, in a
     transaction that first turns statement logging and C(pg_stat_statements) tracking off for itself, so no
-    plaintext password can reach the server log or statistics. It is never in a result, diff, warning or
-    any command line.
+    plaintext password can reach the server log or statistics. It is never in a result, diff, warning, or
+    any process's command line or environment (no client program is run).
   - O(strategy=single) sets the new password on O(role); the previous password stops working at once, so
     consumers not yet restarted fail their next new connection until they are.
   - O(strategy=alternating) keeps two login roles, O(role) and O(second_role), members of O(group_role)
     which owns the grants. Each rotation gives the idle one a new password and points the Secret at it; the
     other keeps logging in until every consumer is Ready and O(grace_period) has passed, then its login is
-    disabled (C(NOLOGIN); open connections are not ended).
-  - A rotation holds a companion Secret C(<name>-rotation) while it runs. A second run started at the same
-    time waits for it and reports the rotation done, so two runs make one rotation. A run interrupted after
-    the database change (the API server went away) leaves the new password there; the next run finds that
-    it logs in and finishes the rotation with it.
+    disabled (C(NOLOGIN); open connections are not ended). With a O(grace_period), nothing waits; the run
+    that rotated records when the grace ends, runs before then report it and change nothing, and the first
+    run after it disables the login.
+  - A rotation holds a companion Secret C(<name>-rotation) while it runs, created before the database is
+    touched and holding the new password. A second run started at the same time waits for it and reports the
+    rotation done, so two runs make one rotation.
+  - The API server gone after the database change but before the Secret write - the task fails saying so
+    and naming the record. The change is not rolled back (the module cannot tell whether a write that broke
+    off reached the API server); the next run finds the record, checks that the new password logs in, writes
+    it into the Secret, restarts the consumers and revokes the previous credential - the new password is
+    recovered. Until that run, O(strategy=alternating) leaves the Secret's credentials working; with
+    O(strategy=single) the Secret's password no longer logs in, so consumers that restart in between cannot
+    connect until the next run.
   - A consumer that does not become Ready stops the run; the previous credential stays valid, the task fails
     naming the workload, and the next run continues from there.
 author:

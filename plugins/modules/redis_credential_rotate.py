@@ -16,8 +16,19 @@ description:
     then removes the previous password (C(ACL SETUSER user <old)). Until then both passwords work, so no
     consumer is locked out.
   - Both changes are persisted with C(ACL SAVE) when the server keeps its users in an ACL file. A server
-    configured with C(requirepass) or C(user) lines in its configuration file is warned about - the change
-    lives in memory until that file says the same.
+    without one (C(requirepass) or C(user) lines in its configuration file) gets C(CONFIG REWRITE) instead,
+    which writes the users into the configuration file as SHA-256 hashes; a server started without a
+    configuration file, or one that refuses C(CONFIG REWRITE) (renamed, no permission), is warned about - the
+    change then lives in memory and a restart brings the previous password back.
+  - A server that only has C(requirepass) (no ACL users) is rotated as O(user=default), in the same order.
+    Redis 6 and later keep several passwords for the C(default) user too, so both passwords work until the
+    consumers are Ready, as for any ACL user; when the previous one is removed, C(requirepass) is pointed at
+    the new password (C(CONFIG SET), which Redis redacts in C(SLOWLOG) and C(MONITOR)) before the rewrite, so
+    the configuration file names no revoked password. The C(default) user is then also the admin login, so
+    the next run needs the new password as O(login_password) (read it from the Secret).
+  - The API server gone after the new password was added but before the Secret write - the task fails
+    saying so; the previous password still works, and the next run finds the new one (kept in the rotation
+    record, written before Redis was touched) logs in, writes it into the Secret and finishes the rotation.
   - A rotation holds a companion Secret C(<name>-rotation) while it runs. A second run started at the same
     time waits for it and reports the rotation done; a run interrupted after the Redis change leaves the new
     password there and the next run finishes the rotation with it.
@@ -25,7 +36,8 @@ description:
     naming the workload, and the next run continues from there.
   - Connections authenticated with the previous password stay authenticated after it is removed (Redis checks
     passwords only at C(AUTH)).
-  - No password is ever in a result, warning or any command line.
+  - No password is ever in a result, warning, any process's command line or environment.
+  - Needs Redis 6 or later (ACL commands).
 author:
   - runbook.ops maintainers (@runbook-ops)
 extends_documentation_fragment:
@@ -88,6 +100,7 @@ options:
 notes:
   - Needs get, update, create and delete on Secrets of the namespace, list on Deployments, StatefulSets,
     DaemonSets and CronJobs (or O(discover_consumers=false)), get and patch on the consumers.
+  - Redis permissions - C(+acl) and C(+ping), and C(+config) on a server without an ACL file.
 seealso:
   - module: runbook.ops.pg_credential_rotate
 """

@@ -8,6 +8,7 @@ import threading
 import typing as t
 
 import jwt
+import pytest
 
 from tests.harness.collection import run_module, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, deployment, grant_read, wait_for
@@ -315,6 +316,31 @@ def test_restarted_deployment_gets_a_new_template_and_its_rollout_completes(
     missing = rotate(kube_cluster, ns, algorithm="ES256", force=True, restart=[{"name": "nope"}])
     assert missing.get("failed") and "Deployment/%s/nope" % ns in missing["msg"] and "not found" in missing["msg"]
     assert active_jwk(kube_admin, ns)["kid"] == result["active_kid"]  # nothing written
+
+
+def test_workloads_reading_the_env_secret_are_found_and_restarted(kube_cluster, kube_admin, kube_namespace):
+    """The credential rotation modules' discovery: an app reading JWT_SECRET is restarted unlisted,
+    and after its restart a token signed with the previous secret no longer verifies with what it reads."""
+    ns = kube_namespace
+    app = deployment("app", ns)
+    app["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "app-env", "key": "JWT_SECRET"}}}]
+    kube_admin.create("apps/v1", "deployments", app)
+    kube_admin.create("apps/v1", "deployments", deployment("unrelated", ns))
+    common = dict(algorithm="HS256", active_key_secret={"name": "app-env", "key": "JWT_SECRET"}, wait=True,
+                  wait_timeout=90)
+    first = rotate(kube_cluster, ns, now=T0, **common)
+    assert not first.get("failed") and first["restarted"] == ["Deployment/%s/app" % ns], first
+    old_env = base64.b64decode(kube_admin.get("v1", "secrets", "app-env", ns)["data"]["JWT_SECRET"])
+    token = jwt.encode({"sub": "carol"}, old_env, algorithm="HS256")
+
+    second = rotate(kube_cluster, ns, now=when(hours=1), force=True, grace_period="2h", **common)
+    assert not second.get("failed") and second["restarted"] == ["Deployment/%s/app" % ns], second
+    new_env = base64.b64decode(kube_admin.get("v1", "secrets", "app-env", ns)["data"]["JWT_SECRET"])
+    with pytest.raises(jwt.InvalidSignatureError):  # grace or not, the restarted app knows only the new secret
+        jwt.decode(token, new_env, algorithms=["HS256"])
+    assert kube_admin.get("apps/v1", "deployments", "unrelated", ns)["spec"]["template"]["metadata"].get(
+        "annotations") is None
 
 
 def test_rollout_that_never_completes_fails_after_writing_the_keys(kube_cluster, kube_admin, kube_namespace):
