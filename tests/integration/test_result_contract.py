@@ -115,6 +115,9 @@ def test_real_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, 
                                       secret={"namespace": ns, "name": "contract-pg"}), {}),
         ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
                                          secret={"namespace": ns, "name": "contract-redis"}), {"check_mode": True}),
+        ("findings_report", dict(title="Contract", sections=[{"name": "Cluster", "source": "k8s_health", "result": {
+            "findings": [{"severity": "warning", "check": "c", "object": "X/y", "message": "m"}]}}],
+            outputs={"json": str(tmp_path / "report.json")}), {}),
     ]
     seen = set()
     kube_cluster.client().create("apps/v1", "deployments", deployment("contract-app", ns))
@@ -153,6 +156,8 @@ def test_failed_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres
                                       secret={"namespace": kube_namespace, "name": "no-such-secret"})),
         ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
                                          secret={"namespace": kube_namespace, "name": "no-such-secret"})),
+        ("findings_report", dict(title="Contract", sections=[{"name": "Cluster", "source": "k8s_health", "result": {}}],
+                                 outputs={"json": "/no-such-directory/report.json"})),
     ]
     for module, args in runs:
         result = run_module(module, args)
