@@ -207,6 +207,9 @@ def sizes(pg: PostgresServer) -> t.Tuple[int, int]:
 def bench_purge(pg: PostgresServer, rows: int, expired: int, work: Path, baseline_s: int) -> t.Dict[str, t.Any]:
     """(TPS, p99 ms, transactions, total s, table bytes, index bytes) without a purge, during the single
     DELETE and during pg_purge (default options), each on a freshly loaded ``audit_logs``."""
+    print("load average (1, 5, 15 min) before the purge benchmark: %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+    if not pg.psql("SELECT 1 FROM pg_database WHERE datname = 'bench'"):
+        pg.psql("CREATE DATABASE bench")
     subprocess.run([str(pg.bin_dir / "pgbench"), "-i", "-q", "-s", "10", "bench"], env=pg.env, check=True,
                    capture_output=True)
     pg.psql("ALTER SYSTEM SET log_statement = 'none'")
@@ -229,6 +232,7 @@ def bench_purge(pg: PostgresServer, rows: int, expired: int, work: Path, baselin
                                                         older_than="90d", max_rows=rows), work)
             if result["deleted"] != expired:
                 raise SystemExit("pg_purge deleted %d rows, not %d: %s" % (result["deleted"], expired, result["msg"]))
+            print("pg_purge: %s" % result["msg"], flush=True)
         ended = time.time()
         tps, p99, count = bench.stop(started, ended)
         table, index = sizes(pg)
@@ -249,6 +253,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="rows of audit_logs (overrides --scale)")
     parser.add_argument("--expired", type=int, help="rows older than 90 days (overrides --scale)")
     parser.add_argument("--baseline-seconds", type=int, default=20, help="pgbench window without a purge")
+    parser.add_argument("--only", choices=("health", "purge"), help="run one of the two benchmarks")
     opts = parser.parse_args()
     rows = opts.rows if opts.rows is not None else int(5000000 * opts.scale)
     expired = opts.expired if opts.expired is not None else int(2000000 * opts.scale)
@@ -264,28 +269,37 @@ def main() -> None:
     pg = PostgresServer(root / "pg")
     try:
         pg.start()
-        health = bench_health(pg, opts.tables, work)
-        print("\npg_health on %d tables: %.2f s, %d statements (%d queries by its own count)"
-              % (opts.tables, health["ours_s"], health["ours_statements"], health["ours_queries"]))
-        print("check_postgres, %d actions (one process each): %.2f s, %d statements" % (
-            len(ACTIONS), health["theirs_s"], health["theirs_statements"]))
-        print("speed-up: %.1fx (target >= 5x)" % (health["theirs_s"] / health["ours_s"]))
-        print("\n%-18s %-22s %-10s %s" % ("check_postgres", "pg_health check", "theirs", "ours"))
-        for action, (check, _extra) in ACTIONS.items():
-            print("%-18s %-22s %-10s %s" % (action, check, health["theirs"][action], health["ours"][check]))
-        purge = bench_purge(pg, rows, expired, work, opts.baseline_seconds)
-        print("\npurge of %d expired rows out of %d while pgbench runs (4 clients):" % (expired, rows))
-        print("%-22s %9s %11s %9s %9s %12s %12s" % ("", "TPS", "p99 ms", "txns", "total s", "table MB", "indexes MB"))
-        for name, (tps, p99, count, total, table, index) in purge.items():
-            table_mb = "-" if table is None else "%.0f" % (table / 2**20)
-            index_mb = "-" if index is None else "%.0f" % (index / 2**20)
-            print("%-22s %9.0f %11.1f %9d %9.1f %12s %12s" % (name, tps, p99, count, total, table_mb, index_mb))
-        base_p99 = purge["no purge (baseline)"][1]
-        print("targets: p99 during pg_purge <= 1.5x baseline: %.2fx; total <= 2x single DELETE: %.2fx" % (
-            purge["pg_purge"][1] / base_p99, purge["pg_purge"][3] / purge["single DELETE"][3]))
+        if opts.only != "purge":
+            report_health(bench_health(pg, opts.tables, work), opts.tables)
+        if opts.only != "health":
+            report_purge(bench_purge(pg, rows, expired, work, opts.baseline_seconds), rows, expired)
     finally:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def report_health(health: t.Dict[str, t.Any], tables: int) -> None:
+    print("\npg_health on %d tables: %.2f s, %d statements (%d queries by its own count)"
+          % (tables, health["ours_s"], health["ours_statements"], health["ours_queries"]))
+    print("check_postgres, %d actions (one process each): %.2f s, %d statements" % (
+        len(ACTIONS), health["theirs_s"], health["theirs_statements"]))
+    print("speed-up: %.1fx (target >= 5x)" % (health["theirs_s"] / health["ours_s"]))
+    print("\n%-18s %-22s %-10s %s" % ("check_postgres", "pg_health check", "theirs", "ours"))
+    for action, (check, _extra) in ACTIONS.items():
+        print("%-18s %-22s %-10s %s" % (action, check, health["theirs"][action], health["ours"][check]))
+
+
+def report_purge(purge: t.Dict[str, t.Any], rows: int, expired: int) -> None:
+    print("\npurge of %d expired rows out of %d while pgbench runs (4 clients):" % (expired, rows))
+    print("%-22s %9s %11s %9s %9s %12s %12s" % ("", "TPS", "p99 ms", "txns", "total s", "table MB", "indexes MB"))
+    for name, (tps, p99, count, total, table, index) in purge.items():
+        table_mb = "-" if table is None else "%.0f" % (table / 2**20)
+        index_mb = "-" if index is None else "%.0f" % (index / 2**20)
+        print("%-22s %9.0f %11.1f %9d %9.1f %12s %12s" % (name, tps, p99, count, total, table_mb, index_mb))
+    base_p99 = purge["no purge (baseline)"][1]
+    print("targets: p99 during pg_purge <= 1.5x baseline: %.2fx; total <= 2x single DELETE: %.2fx" % (
+        purge["pg_purge"][1] / base_p99, purge["pg_purge"][3] / purge["single DELETE"][3]))
+    print("load average (1, 5, 15 min) at the end: %.2f %.2f %.2f" % os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@
 
 Why not one ``DELETE``: it holds its row locks until the end, bloats the table in one go, and ships
 the whole change to the replicas at once. Here every batch is its own short transaction with a
-``lock_timeout``: it locks at most ``batch_size`` rows, picked through an index in the order of
-the ``key`` column, and deletes them by ``ctid``; the walk continues from the last key deleted, so
-a batch never scans the table or the rows already deleted. A killed run leaves whole batches done
-and the next run simply continues (the predicate still matches what is left).
+``lock_timeout``: an index probe finds where the next ``batch_size`` matching rows end in the order
+of (``key``, primary key or ``ctid``), and one ``DELETE`` bounded on both sides by index conditions
+on ``key`` removes them. The next batch starts after that position (keyset continuation), so a batch
+never scans the table nor walks over the index entries of rows already deleted (a walk from the start
+each time would make the run quadratic). A killed run leaves whole batches done and the next run
+simply continues (the predicate still matches what is left).
 
 When the table is range-partitioned on the purge column, the partitions whose upper bound is at or
 before the cut are detached and dropped instead of deleted row by row.
@@ -36,6 +38,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 APPLICATION = "pg_purge"
 MAX_BATCH = 1000000
+FIRST_BATCH = 1000  # rows in the first batch when the size adapts to batch_duration
+MIN_BATCH = 100
 RESERVED_PARAMETER = "runbook_"
 LAG_POLL_S = 1.0
 _RANGE_BOUND = re.compile(r"^FOR VALUES FROM \((.*)\) TO \((.*)\)$", re.DOTALL)
@@ -57,7 +61,8 @@ class PgPurgeOptions:
     where: t.Optional[str]
     parameters: t.Dict[str, t.Any]
     key: t.Optional[str]
-    batch_size: int
+    batch_size: t.Optional[int]
+    batch_duration: float
     pause: float
     max_rows: int
     max_duration: t.Optional[float]
@@ -72,7 +77,8 @@ class PgPurgeOptions:
         connection = PgConnectionOptions.from_params(params)
         check_params(params, dict(db=pg_name, schema=pg_name, table=pg_name, column=optional(pg_name),
                                   key=optional(pg_name), where=no_control))
-        int_in("batch_size", params["batch_size"], 1, MAX_BATCH)
+        if params["batch_size"] is not None:
+            int_in("batch_size", params["batch_size"], 1, MAX_BATCH)
         int_in("max_rows", params["max_rows"], 0, 2 ** 62)
         if params["parameters"] and not params["where"]:
             raise RunbookError("parameters are bound to the placeholders of where, which is not set")
@@ -88,6 +94,7 @@ class PgPurgeOptions:
             max_duration=None if params["max_duration"] is None else duration("max_duration", params["max_duration"], 0.0, above=True),
             max_replication_lag=None if lag is None else byte_size("max_replication_lag", lag),
             lag_wait=duration("lag_wait", params["lag_wait"]),
+            batch_duration=duration("batch_duration", params["batch_duration"], 0.01, 3600.0),
             lock_timeout=duration("lock_timeout", params["lock_timeout"], 0.001, 86400.0))
 
     @property
@@ -108,6 +115,42 @@ class Leaf(t.NamedTuple):
     @property
     def qualified(self) -> str:
         return "%s.%s" % (self.schema, self.name)
+
+
+Position = t.Tuple[t.Any, t.Any]
+"""Where a batch ended: (key, tie); tie None when every row with that key is done."""
+
+
+class Walk(t.NamedTuple):
+    """The order a purge walks a table in: ``key``, then ``tie`` to order rows with equal keys (the one-column
+    primary key, else ``ctid``; None when ``key`` is the primary key). ``name`` is the key column; ``key`` and
+    ``tie`` are SQL (quoted names, or ``ctid``), each with the SQL type its bounds are cast to."""
+
+    name: str
+    key: str
+    key_type: str
+    tie: t.Optional[str]
+    tie_type: t.Optional[str]
+
+    @property
+    def both(self) -> str:
+        return self.key if self.tie is None else "%s, %s" % (self.key, self.tie)
+
+    def after(self, position: t.Optional[Position]) -> t.List[str]:
+        """The condition "after ``position``" (on ``runbook_after_*``), as an index condition on ``key``."""
+        if position is None:
+            return []
+        key = "%s > %%(runbook_after_key)s::%s" % (self.key, self.key_type)
+        if position[1] is None or self.tie is None:
+            return [key]
+        return ["(%s) > (%%(runbook_after_key)s::%s, %%(runbook_after_tie)s::%s)" % (
+            self.both, self.key_type, self.tie_type)]
+
+    @staticmethod
+    def values(position: t.Optional[Position]) -> t.Dict[str, t.Any]:
+        if position is None:
+            return {}
+        return {"runbook_after_key": position[0], "runbook_after_tie": position[1]}
 
 
 class Partition(t.NamedTuple):
@@ -137,6 +180,13 @@ def plan_uses_index(plan: t.Any, relation: str) -> bool:
     return any("Index Cond" in node for node in on_relation)
 
 
+def next_batch_size(size: int, took: float, target: float) -> int:
+    """The size of the next batch so it takes about ``target`` seconds, when this one of ``size`` rows took
+    ``took``: scaled by target/took, at most 4x up or down at once (one slow or fast batch does not swing it)."""
+    ratio = min(4.0, max(0.25, target / max(took, 0.001)))
+    return int(min(MAX_BATCH, max(MIN_BATCH, size * ratio)))
+
+
 def partition_upper_bound(expression: str) -> t.Optional[str]:
     """The upper bound literal of ``FOR VALUES FROM (...) TO ('...')``; None for MAXVALUE, DEFAULT, lists, several columns."""
     match = _RANGE_BOUND.match(expression.strip())
@@ -162,6 +212,7 @@ class Purge:
         self.lag_pauses = 0
         self.dropped: t.List[str] = []
         self.stopped_because: t.Optional[str] = None
+        self.size = self.opts.batch_size or FIRST_BATCH
 
     # ------------------------------------------------------------------ planning
 
@@ -174,24 +225,31 @@ class Purge:
                 self.opts.qualified, self.opts.db, self.server.where))
         return int(row[0]), str(row[1])
 
-    def _key(self, cur: "psycopg.Cursor[t.Any]", oid: int) -> str:
-        """The column the batches walk: ``key``, else ``column``, else the one-column primary key."""
-        key = self.opts.key or self.opts.column
+    def _walk(self, cur: "psycopg.Cursor[t.Any]", oid: int) -> "Walk":
+        """The order the batches walk in: ``key`` (else ``column``, else the one-column primary key), then the
+        one-column primary key (else ``ctid``) to break ties, so equal keys never straddle a batch boundary."""
+        cur.execute("SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = ANY(i.indkey::int2[]) WHERE i.indrelid = %s AND i.indisprimary", (oid,))
+        row = cur.fetchone()
+        names = row[0] if row and row[0] else []
+        primary = str(names[0]) if len(names) == 1 else None
+        key = self.opts.key or self.opts.column or primary
         if key is None:
-            cur.execute("SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                        "AND a.attnum = ANY(i.indkey::int2[]) WHERE i.indrelid = %s AND i.indisprimary", (oid,))
-            row = cur.fetchone()
-            names = row[0] if row and row[0] else []
-            if len(names) != 1:
-                raise RunbookError("table %s has no one-column primary key to walk in batches; set key to an indexed "
-                                   "column" % self.opts.qualified)
-            key = str(names[0])
-        for column in sorted({key, self.opts.column or key}):
-            cur.execute("SELECT 1 FROM pg_attribute WHERE attrelid = %s AND attname = %s AND attnum > 0 "
-                        "AND NOT attisdropped", (oid, column))
-            if cur.fetchone() is None:
+            raise RunbookError("table %s has no one-column primary key to walk in batches; set key to an indexed "
+                               "column" % self.opts.qualified)
+        types: t.Dict[str, str] = {}
+        for column in sorted({key, self.opts.column or key, primary or key}):
+            cur.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s AND attname = %s "
+                        "AND attnum > 0 AND NOT attisdropped", (oid, column))
+            found = cur.fetchone()
+            if found is None:
                 raise RunbookError('column "%s" does not exist in table %s' % (column, self.opts.qualified))
-        return key
+            types[column] = str(found[0])
+        if key == primary:
+            return Walk(key, quote_ident(key), types[key], None, None)
+        if primary is None:
+            return Walk(key, quote_ident(key), types[key], "ctid", "tid")
+        return Walk(key, quote_ident(key), types[key], quote_ident(primary), types[primary])
 
     def _predicate(self, cur: "psycopg.Cursor[t.Any]") -> str:
         if self.opts.older_than is not None and self.opts.column:
@@ -239,16 +297,17 @@ class Purge:
                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf AND c.relkind = 'r' ORDER BY 2", (oid,))
         return [Leaf(row[0], row[1]) for row in cur.fetchall() if not set(row[2] or []) & set(gone)]
 
-    def _check_index(self, cur: "psycopg.Cursor[t.Any]", leaf: Leaf, predicate: str, key: str) -> None:
+    def _check_index(self, cur: "psycopg.Cursor[t.Any]", leaf: Leaf, predicate: str, walk: Walk) -> None:
         """Refuse a predicate that no index serves (each batch would scan the table) unless allowed."""
         if self.opts.allow_seq_scan:
             return
         psycopg = import_psycopg()
-        sql = "EXPLAIN (FORMAT JSON) " + self._select_sql(leaf, predicate, key, continued=False)
+        # the first batch's probe: later ones also bound the key, which any index on it would serve
+        sql = "EXPLAIN (FORMAT JSON) " + self._probe_sql(leaf, [predicate], walk.both, 1)
         try:
             with cur.connection.transaction():
                 cur.execute("SET LOCAL enable_seqscan = off")
-                cur.execute(sql, dict(self.params, runbook_limit=self.opts.batch_size))
+                cur.execute(sql, dict(self.params, runbook_limit=self.size))
                 row = cur.fetchone()
         except psycopg.Error as exc:
             raise RunbookError("the purge predicate on %s is not valid: %s" % (leaf.qualified, last_line(str(exc))))
@@ -258,19 +317,21 @@ class Purge:
         if not plan_uses_index(plan, leaf.name):
             raise RunbookError("no index serves the purge predicate on %s in the order of %s, so every batch would scan "
                                "the table; create an index (e.g. on %s) or set allow_seq_scan" % (
-                                   leaf.qualified, key, self.opts.column or key))
+                                   leaf.qualified, walk.name, self.opts.column or walk.name))
 
     # ------------------------------------------------------------------ statements
 
-    def _select_sql(self, leaf: Leaf, predicate: str, key: str, continued: bool) -> str:
-        after = " AND %s >= %%(runbook_after)s" % quote_ident(key) if continued else ""
-        return ("SELECT ctid FROM ONLY %s WHERE %s%s ORDER BY %s LIMIT %%(runbook_limit)s FOR UPDATE"
-                % (leaf.sql, predicate, after, quote_ident(key)))
+    @staticmethod
+    def _probe_sql(leaf: Leaf, conditions: t.Sequence[str], columns: str, rows: int) -> str:
+        """The ``columns`` of the ``runbook_limit``-th matching row in their order (and of the next ``rows`` - 1)."""
+        return ("SELECT %s FROM ONLY %s WHERE %s ORDER BY %s OFFSET %%(runbook_limit)s - 1 LIMIT %d"
+                % (columns, leaf.sql, " AND ".join(conditions), columns, rows))
 
-    def _delete_sql(self, leaf: Leaf, predicate: str, key: str, continued: bool) -> str:
-        select = self._select_sql(leaf, predicate, key, continued)
-        return ("WITH gone AS (DELETE FROM ONLY %s WHERE ctid = ANY(ARRAY(%s)) RETURNING %s) SELECT count(*), max(%s) "
-                "FROM gone" % (leaf.sql, select, quote_ident(key), quote_ident(key)))
+    @staticmethod
+    def _delete_sql(leaf: Leaf, conditions: t.Sequence[str], upto: t.Optional[str] = None) -> str:
+        """A batch: the matching rows after the previous position, up to ``upto`` (a condition on the bound
+        placeholders ``runbook_upto_*``; None for the last batch)."""
+        return "DELETE FROM ONLY %s WHERE %s" % (leaf.sql, " AND ".join(list(conditions) + ([upto] if upto else [])))
 
     def _count(self, cur: "psycopg.Cursor[t.Any]", leaf: Leaf, predicate: str) -> int:
         cur.execute("SELECT count(*) FROM ONLY %s WHERE %s" % (leaf.sql, predicate), self.params)
@@ -285,14 +346,15 @@ class Purge:
         connection = self.server.connect(opts.db, autocommit=True)
         try:
             cur = connection.cursor()
+            cur.execute(self._lock_timeout_sql())
             oid, relkind = self._table(cur)
-            key = self._key(cur, oid)
+            walk = self._walk(cur, oid)
             predicate = self._predicate(cur)
             partitions = self._droppable(cur, oid)
             leaves = self._leaves(cur, oid, relkind, partitions)
             counts: t.Dict[Leaf, int] = {}
             for leaf in leaves:
-                self._check_index(cur, leaf, predicate, key)
+                self._check_index(cur, leaf, predicate, walk)
                 try:
                     counts[leaf] = self._count(cur, leaf, predicate)
                 except psycopg.Error as exc:
@@ -311,7 +373,7 @@ class Purge:
             for leaf in leaves:
                 if self.stopped_because or not counts[leaf]:
                     continue
-                self._purge_leaf(connection, leaf, predicate, key)
+                self._purge_leaf(connection, leaf, predicate, walk)
         finally:
             connection.close()
         result = self._result(matched, partitions)
@@ -333,17 +395,20 @@ class Purge:
         if matched == 0:
             result["msg"] = "no row of %s matches: nothing to purge" % self.opts.qualified
             return result
-        batches = -(-rows // self.opts.batch_size)
+        if self.opts.batch_size is None:
+            batches = "in batches sized to take about %gs each" % self.opts.batch_duration
+        else:
+            batches = "in about %d batch(es) of at most %d" % (-(-rows // self.opts.batch_size), self.opts.batch_size)
         drops = ""
         if partitions:
             drops = " and drop %d partition(s) holding %d row(s) (%s)" % (
                 len(partitions), matched - rows, ", ".join(p.qualified for p in partitions))
-        result["msg"] = "would delete %d row(s) of %s in about %d batch(es) of at most %d%s" % (
-            rows, self.opts.qualified, batches, self.opts.batch_size, drops)
+        result["msg"] = "would delete %d row(s) of %s %s%s" % (rows, self.opts.qualified, batches, drops)
         return result
 
     def _lock_timeout_sql(self) -> str:
-        return "SET LOCAL lock_timeout = '%dms'" % max(1, int(self.opts.lock_timeout * 1000))
+        """For the whole session: every batch is one autocommit statement, every partition drop one transaction."""
+        return "SET lock_timeout = '%dms'" % max(1, int(self.opts.lock_timeout * 1000))
 
     def _drop(self, connection: "psycopg.Connection[t.Any]", partition: Partition) -> bool:
         psycopg = import_psycopg()
@@ -352,7 +417,6 @@ class Purge:
         try:
             with connection.transaction():
                 cur = connection.cursor()
-                cur.execute(self._lock_timeout_sql())
                 cur.execute("ALTER TABLE %s DETACH PARTITION %s" % (parent, child))
                 cur.execute("DROP TABLE %s" % child)
         except psycopg.errors.LockNotAvailable:
@@ -366,11 +430,11 @@ class Purge:
         self.dropped.append(partition.qualified)
         return True
 
-    def _purge_leaf(self, connection: "psycopg.Connection[t.Any]", leaf: Leaf, predicate: str, key: str) -> None:
+    def _purge_leaf(self, connection: "psycopg.Connection[t.Any]", leaf: Leaf, predicate: str, walk: Walk) -> None:
         """Batches until ``leaf`` has no matching row, or a limit stops the run."""
         psycopg = import_psycopg()
-        after: t.Any = None
-        continued = False
+        cur = connection.cursor()
+        after: t.Optional[Position] = None
         while not self.stopped_because:
             if self.opts.max_duration is not None and self.watch.elapsed >= self.opts.max_duration:
                 self.stopped_because = "max_duration"
@@ -378,13 +442,9 @@ class Purge:
             if not self._lag_ok(connection):
                 self.stopped_because = "replication_lag"
                 return
-            params = dict(self.params, runbook_limit=self.opts.batch_size, runbook_after=after)
+            started = time.monotonic()
             try:
-                with connection.transaction():
-                    cur = connection.cursor()
-                    cur.execute(self._lock_timeout_sql())
-                    cur.execute(self._delete_sql(leaf, predicate, key, continued), params)
-                    row = cur.fetchone()
+                count, upto = self._batch(cur, leaf, predicate, walk, after)
             except psycopg.errors.LockNotAvailable:
                 self.stopped_because = "lock_timeout"
                 self.task.warn("a batch on %s waited longer than lock_timeout for a lock; the run stopped after %d "
@@ -393,16 +453,48 @@ class Purge:
             except psycopg.Error as exc:
                 raise RunbookError("batch %d on %s failed: %s" % (self.batches + 1, leaf.qualified, last_line(str(exc))),
                                    **self._result(self.deleted, []))
-            count = int(row[0]) if row else 0
-            if count == 0:
+            if count:
+                self.deleted += count
+                self.batches += 1
+            if upto is None:
                 return
-            self.deleted += count
-            self.batches += 1
-            after, continued = row[1] if row else None, True
-            if count < self.opts.batch_size:
-                return
+            after = upto
+            if self.opts.batch_size is None:
+                self.size = next_batch_size(self.size, time.monotonic() - started, self.opts.batch_duration)
             if self.opts.pause:
                 time.sleep(self.opts.pause)
+
+    def _batch(self, cur: "psycopg.Cursor[t.Any]", leaf: Leaf, predicate: str, walk: Walk,
+               after: t.Optional[Position]) -> t.Tuple[int, t.Optional[Position]]:
+        """One batch: probe where it ends, then delete up to there in one statement (its own transaction, under the
+        session's lock_timeout; the predicate is judged again on rows changed meanwhile). Returns the rows deleted
+        and the position reached, None when this was the last batch.
+
+        The probe reads the keys of the batch's last row and of the next (an index-only scan when the predicate is
+        on the key); when they differ the batch is every matching row up to that key, bounded by index conditions
+        on the key alone. When they are equal the batch ends inside a run of equal keys: a second probe orders by
+        (key, tie), which also reads the table and sorts, and the batch ends at that row."""
+        conditions = [predicate] + walk.after(after)
+        params = dict(self.params, runbook_limit=self.size, **Walk.values(after))
+        cur.execute(self._probe_sql(leaf, conditions, walk.key, 2), params)
+        keys = [row[0] for row in cur.fetchall()]
+        if not keys:
+            cur.execute(self._delete_sql(leaf, conditions), params)
+            return max(0, cur.rowcount), None
+        if len(keys) == 1 or keys[0] != keys[1] or walk.tie is None:
+            params["runbook_upto_key"] = keys[0]
+            cur.execute(self._delete_sql(leaf, conditions, "%s <= %%(runbook_upto_key)s::%s" % (walk.key, walk.key_type)),
+                        params)
+            return max(0, cur.rowcount), (keys[0], None)
+        cur.execute(self._probe_sql(leaf, conditions, walk.both, 1), params)
+        row = cur.fetchone()
+        if row is None:  # the rows after it went meanwhile
+            cur.execute(self._delete_sql(leaf, conditions), params)
+            return max(0, cur.rowcount), None
+        params.update(runbook_upto_key=row[0], runbook_upto_tie=row[1])
+        cur.execute(self._delete_sql(leaf, conditions, "(%s) <= (%%(runbook_upto_key)s::%s, %%(runbook_upto_tie)s::%s)" % (
+            walk.both, walk.key_type, walk.tie_type)), params)
+        return max(0, cur.rowcount), (row[0], row[1])
 
     def _check_lag_visible(self, cur: "psycopg.Cursor[t.Any]") -> None:
         if self.opts.max_replication_lag is None:

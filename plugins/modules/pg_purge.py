@@ -11,12 +11,15 @@ short_description: Delete expired rows of a PostgreSQL table in bounded batches,
 version_added: 0.2.0
 description:
   - Deletes the rows of one table that match O(older_than) on O(column), or a O(where) predicate with bound
-    O(parameters), in batches of at most O(batch_size) rows. Each batch is its own short transaction with a
-    O(lock_timeout). It picks its rows through an index in the order of O(key) (C(SELECT ... ORDER BY key LIMIT n
-    FOR UPDATE)), deletes them by C(ctid), and the next batch continues from the last key deleted, so no batch scans
-    the table or walks over the rows already deleted.
+    O(parameters), in batches of O(batch_size) rows, or sized to take about O(batch_duration) each. Each batch is its own short transaction with a
+    O(lock_timeout). Batches walk the rows in the order of O(key), ties broken by the one-column primary key (else
+    C(ctid)). A probe through the index finds the key of the batch's last row, then one C(DELETE) removes the matching
+    rows between the previous batch's position and that one (both bounds are index conditions on O(key), and the
+    predicate is judged again on rows changed meanwhile). The next batch starts after that position, so no batch scans
+    the table or walks over the rows already deleted, and rows sharing a key across a batch boundary are neither
+    missed nor deleted twice.
   - A predicate that no index serves is refused (every batch would scan the table) unless O(allow_seq_scan); the
-    check is the planner's own plan for the batch query with sequential scans disabled.
+    check is the planner's own plan for the batch's probe with sequential scans disabled.
   - When the table is range-partitioned on O(column) alone, each partition whose upper bound is at or before the cut
     is detached and dropped (one short transaction each, under O(lock_timeout)) instead of deleted row by row; the
     rows of the other partitions are deleted in batches.
@@ -76,11 +79,24 @@ options:
     description:
       - The indexed column the batches walk in order; it should be the column the predicate's index starts with.
       - Empty means O(column) with O(older_than), else the table's one-column primary key.
+      - Rows whose O(key) is null are not deleted.
     type: str
   batch_size:
-    description: Rows per batch (one transaction each), from 1 to 1000000.
+    description:
+      - Rows per batch (one transaction each), from 1 to 1000000.
+      - Empty means the size adapts so that a batch takes about O(batch_duration); set it for a fixed size.
+      - A batch can hold more only when rows matching the predicate are inserted into its key range between its probe
+        and its C(DELETE).
     type: int
-    default: 5000
+  batch_duration:
+    description:
+      - Without O(batch_size), the time a batch should take (a duration from V(10ms) to V(1h)). The first batch has
+        1000 rows; each next one is scaled by this duration over the last batch's, at most 4 times up or down at
+        once, from 100 to 1000000 rows.
+      - Fewer, larger batches spend less on round trips and commits; smaller ones hold their row locks for less time
+        and send the replicas smaller transactions.
+    type: raw
+    default: 500ms
   pause:
     description: Sleep between batches (a duration such as V(100ms)); gives replicas and other sessions room.
     type: raw
@@ -135,7 +151,6 @@ EXAMPLES = r"""
     table: audit_logs
     column: created_at
     older_than: 90d
-    batch_size: 5000
     max_duration: 30m
     max_replication_lag: 64MB
   register: purge
@@ -162,7 +177,7 @@ msg:
   description: What was done (or would be done), and why the run stopped early if it did.
   returned: always
   type: str
-  sample: deleted 2000000 row(s) of public.audit_logs in 400 batch(es)
+  sample: deleted 2000000 row(s) of public.audit_logs in 12 batch(es)
 deleted:
   description: Rows deleted by batches (0 in check mode).
   returned: always
@@ -172,7 +187,7 @@ batches:
   description: Batches committed.
   returned: always
   type: int
-  sample: 400
+  sample: 12
 partitions_dropped:
   description: The partitions detached and dropped (C(schema.name)); in check mode, the partitions that would be.
   returned: always
@@ -223,7 +238,8 @@ def module_args() -> t.Dict[str, t.Any]:
         where=dict(type="str"),
         parameters=dict(type="dict", default={}),
         key=dict(type="str", no_log=False),
-        batch_size=dict(type="int", default=5000),
+        batch_size=dict(type="int"),
+        batch_duration=dict(type="raw", default="500ms"),
         pause=dict(type="raw", default="0s"),
         max_rows=dict(type="int", default=1000000),
         max_duration=dict(type="raw"),

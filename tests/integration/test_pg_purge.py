@@ -162,7 +162,7 @@ def test_lock_held_by_another_session_stops_after_lock_timeout(postgres):
 def test_max_duration_stops_between_batches(postgres):
     db = _db(postgres)
     _audit_logs(postgres, db)
-    result = run_module("pg_purge", _args(postgres, db, batch_size=200, pause="0.3s", max_duration="1s"))
+    result = run_module("pg_purge", _args(postgres, db, batch_size=200, pause="0.3s", max_duration="2s"))
     assert not result.get("failed"), result
     assert result["stopped_because"] == "max_duration"
     assert 0 < result["deleted"] < OLD and result["deleted"] % 200 == 0
