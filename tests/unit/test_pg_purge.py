@@ -18,7 +18,8 @@ def opts(**params) -> PgPurgeOptions:
 
 def test_defaults_and_parsing():
     o = opts(column="created_at", older_than="90d")
-    assert o.older_than == 90 * 86400 and o.batch_size == 5000 and o.max_rows == 1000000
+    # No batch_size: batches are sized to take batch_duration each.
+    assert o.older_than == 90 * 86400 and o.batch_size is None and o.batch_duration == 0.5 and o.max_rows == 1000000
     assert o.lock_timeout == 2 and o.pause == 0 and o.lag_wait == 60 and o.max_replication_lag is None
     assert o.schema == "public" and o.qualified == "public.audit_logs" and o.drop_partitions
     assert opts(where="id < 5", max_replication_lag="64MB").max_replication_lag == 64 << 20
