@@ -50,7 +50,8 @@ lint: bootstrap
 build: bootstrap
 	@mkdir -p $(VENV)/build && ansible-galaxy collection build --force --output-path $(VENV)/build .
 
-bench: bootstrap
+bench:
+	@RUNBOOK_BENCH=1 scripts/bootstrap
 	@scripts/bench
 
 clean: lab-down

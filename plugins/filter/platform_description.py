@@ -11,6 +11,9 @@ One specification is the only place a default lives."""
 from __future__ import annotations
 
 import typing as t
+from pathlib import Path
+
+import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -73,7 +76,7 @@ def _check(platform: t.Dict[str, t.Any]) -> None:
         duration("runbook_platform.objectives.%s" % field, platform["objectives"][field])
     for window in platform["maintenance_windows"]:
         duration("runbook_platform.maintenance_windows duration", window["duration"])
-        hours, _, minutes = str(window["start"]).partition(":")
+        hours, minutes = (str(window["start"]).split(":", 1) + [""])[:2]
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60 and len(minutes) == 2):
             raise RunbookError("runbook_platform.maintenance_windows: start %r is not HH:MM" % window["start"])
 
@@ -88,8 +91,20 @@ def _plain(value: t.Any) -> t.Any:
     return value
 
 
-def platform_description(platform: t.Any, role_spec: t.Any) -> t.Dict[str, t.Any]:
-    """``platform`` validated against ``role_spec`` (the platform role's argument specification), defaults filled."""
+def _installed_spec() -> t.Any:
+    """The argument specification of the role ``runbook.ops.platform`` in this installed collection."""
+    path = Path(__file__).resolve().parents[2] / "roles" / "platform" / "meta" / "argument_specs.yml"
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise AnsibleFilterError("platform_description: cannot read %s: %s" % (path, exc))
+
+
+def platform_description(platform: t.Any, role_spec: t.Any = None) -> t.Dict[str, t.Any]:
+    """``platform`` validated against ``role_spec`` (the platform role's argument specification, by default the one
+    installed beside this filter), defaults filled."""
+    if role_spec is None:
+        role_spec = _installed_spec()
     result = ArgumentSpecValidator(_platform_spec(role_spec)).validate({"runbook_platform": _plain(platform)})
     if result.error_messages:
         raise AnsibleFilterError("runbook_platform is not valid: %s" % "; ".join(result.error_messages))

@@ -86,6 +86,8 @@ def freshness_findings(manifests: t.Sequence[Json], incomplete: t.Sequence[Json]
         # Age of the data: the backup's start, when its snapshot was taken.
         age = (now - parse_time(manifest["created"], "created")).total_seconds()
         details = {"backup_id": manifest["id"], "age_s": round(age), "created": manifest["created"]}
+        if max_age:
+            details["max_age_s"] = round(max_age)
         obj = "BackupSet/%s/%s" % (kind, set_name)
         if max_age and age > max_age:
             findings.append(finding("critical", "backup_freshness", obj, "latest complete backup was taken %.1f h ago, above max_age %s"
@@ -151,9 +153,14 @@ def run_backup_repo_info(task: Task[BackupRepoInfoOptions]) -> Result:
         manifests, incomplete = repo.scan(opts.kind, opts.set, with_uploads=True)
     if opts.backup_id:
         manifests = [m for m in manifests if m["id"] == opts.backup_id]
+    findings = freshness_findings(manifests, incomplete, opts.max_age, opts.max_age_text)
+    if opts.max_age and opts.kind and opts.set and not opts.backup_id and not manifests:
+        # A set asked for by name that has no backup at all is the stalest of all, never "nothing to say".
+        findings.append(finding("critical", "backup_freshness", "BackupSet/%s/%s" % (opts.kind, opts.set),
+                                "no complete backup, so none within max_age %s" % opts.max_age_text,
+                                {"backup_id": None, "age_s": None, "max_age_s": round(opts.max_age)}))
     result = _with_findings({"changed": False, "repository": repo.url, "backups": [backup_summary(m) for m in manifests],
-                             "incomplete": public_incomplete(incomplete)},
-                            freshness_findings(manifests, incomplete, opts.max_age, opts.max_age_text))
+                             "incomplete": public_incomplete(incomplete)}, findings)
     result["msg"] = "%s and %s in %s: status %s" % (
         _plural(len(manifests), "complete backup"), _plural(len(incomplete), "incomplete one"), repo.url, result["status"])
     return result

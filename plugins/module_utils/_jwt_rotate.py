@@ -25,6 +25,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Task, isoformat, options_from, parse_time, utcnow,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._credentials import secret_consumers
+from ansible_collections.runbook.ops.plugins.module_utils._findings import Finding, finding, summarize
 from ansible_collections.runbook.ops.plugins.module_utils._jwk import (
     HMAC_ALGORITHMS, MAX_RSA_BITS, export_active,
 )
@@ -413,10 +414,34 @@ def _rotate(task: Task[RotateOptions], client: K8sClient) -> t.Tuple[Result, t.O
         "next_rotation": _when(planned.next_rotation),
         "concurrent_change": outcome.concurrent,
     }
+    result["findings"] = [_rotation_finding(opts, planned, check_mode, result["msg"])]
+    result["status"], result["summary"] = summarize(result["findings"])
     if task.diff:
         result["diff"] = {"before_header": opts.ref, "after_header": opts.ref,
                           "before": _diff_view(planned.before.sorted()), "after": _diff_view(keyset)}
     return result, failure
+
+
+def _rotation_finding(opts: RotateOptions, planned: Plan, check_mode: bool, msg: str) -> Finding:
+    """Whether a rotation was due when the task started, as a finding: a check-mode run (the daily check)
+    reports a due rotation as a warning with the age of the key that signs today."""
+    active = [key for key in planned.before.facts() if key["state"] == "active"]
+    since = active[0]["activated"] if active else None
+    due = planned.rotated and planned.changed
+    if due and check_mode:
+        severity, state = "warning", "rotation due"
+    elif due:
+        severity, state = "ok", "rotated"
+    else:
+        severity, state = "ok", "not due"
+    message = "%s: %s" % (state, msg)
+    if since:
+        message += "; the signing key had been active since %s" % since
+    elif due:
+        message += "; no key of this key set had been activated before (a secret set by hand has no recorded age)"
+    return finding(severity, "signing_key_rotation", opts.ref, message,
+                   {"rotate_after_s": opts.policy.rotate_after, "active_since": since,
+                    "next_rotation": _when(planned.next_rotation)})
 
 
 def _with_consumers(task: Task[RotateOptions], client: K8sClient, opts: RotateOptions) -> RotateOptions:

@@ -83,12 +83,52 @@ class HealthOptions:
     thresholds: Thresholds
     fail_on: str
     now: datetime.datetime
+    expected_objects: t.List["ExpectedObject"] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "HealthOptions":
         check_params(params, {"namespaces": k8s_namespace})
+        expected = [ExpectedObject.from_entry(n, e) for n, e in enumerate(params.get("expected_objects") or [])]
         return options_from(cls, params, thresholds=Thresholds.from_params(params),
-                            checks=list(dict.fromkeys(params["checks"])), now=parse_time(params["now"], "now"))
+                            checks=list(dict.fromkeys(params["checks"])), now=parse_time(params["now"], "now"),
+                            expected_objects=expected)
+
+
+# The group version of the kinds an expected object names most often; any other needs api_version.
+KIND_API_VERSIONS = {
+    "Service": "v1", "Secret": "v1", "ConfigMap": "v1", "ServiceAccount": "v1", "PersistentVolumeClaim": "v1",
+    "Namespace": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1",
+    "Job": "batch/v1", "CronJob": "batch/v1", "Ingress": "networking.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1", "HorizontalPodAutoscaler": "autoscaling/v2",
+    "Certificate": "cert-manager.io/v1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectedObject:
+    """An object that must exist (the runbooks' first check: the platform's Services are there)."""
+
+    kind: str
+    name: str
+    namespace: t.Optional[str]
+    api_version: str
+
+    @classmethod
+    def from_entry(cls, index: int, entry: t.Mapping[str, t.Any]) -> "ExpectedObject":
+        where = "expected_objects[%d]" % index
+        kind, name = entry["kind"], entry["name"]
+        api_version = entry.get("api_version") or KIND_API_VERSIONS.get(kind)
+        if not api_version:
+            raise RunbookError("%s: kind %s needs api_version (known without it: %s)"
+                               % (where, kind, ", ".join(sorted(KIND_API_VERSIONS))))
+        namespace = entry.get("namespace") or None
+        if namespace:
+            k8s_namespace(where + ".namespace", namespace)
+        return cls(kind=kind, name=name, namespace=namespace, api_version=api_version)
+
+    @property
+    def ref(self) -> str:
+        return "/".join(p for p in (self.kind, self.namespace, self.name) if p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,11 +575,36 @@ def run_health(task: Task[HealthOptions]) -> Result:
             scan.namespaced_check(check)
     if "nodes" in opts.checks:
         scan.nodes()
+    if opts.expected_objects:
+        scan.findings.extend(check_expected(scan.client, opts.expected_objects))
+        scan.ran.append("expected_objects")
     per_ns = scan.namespace_summaries()
     return judged("cluster health", scan.findings, opts.fail_on,
                   "%d namespace(s), checks: %s" % (len(per_ns), ", ".join(scan.ran) or "none"),
                   namespaces=per_ns, checks_run=scan.ran, checks_not_applicable=scan.not_applicable,
                   checked_at=isoformat(opts.now))
+
+
+def check_expected(client: K8sClient, expected: t.Sequence[ExpectedObject]) -> t.List[Finding]:
+    """One GET per expected object: a missing one is ``critical``, one the credentials may not read
+    ``unknown``; all present gives one ``ok`` finding."""
+    findings = []
+    for item in expected:
+        try:
+            plural = client.plural_of(item.api_version, item.kind)
+            client.get(item.api_version, plural, item.name, item.namespace)
+        except K8sNotFound:
+            findings.append(_f("critical", "expected_objects", item.ref, "expected to exist, not found",
+                               item.namespace, kind=item.kind, name=item.name))
+        except K8sForbidden as exc:
+            findings.append(_f("unknown", "expected_objects", item.ref, "could not check: may not get it (%s)"
+                               % (exc.api_message or exc.status), item.namespace, status=exc.status))
+        except RunbookError as exc:  # a kind the API server does not serve
+            findings.append(_f("critical", "expected_objects", item.ref, str(exc), item.namespace))
+    if not findings:
+        findings.append(_f("ok", "expected_objects", "*", "%d expected object(s) exist" % len(expected), None,
+                           objects=len(expected)))
+    return findings
 
 
 # ----------------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ options:
     description:
       - A set whose newest complete backup started longer ago than this (V(26h), V(8d)...) gets a
         V(critical) C(backup_freshness) finding; without it every set with a backup is V(ok).
+      - With O(kind) and O(set), a set that has no complete backup at all gets a V(critical)
+        C(backup_freshness) finding too.
     type: str
 notes:
   - Requires C(boto3) for S3 repositories.
@@ -209,9 +211,12 @@ findings:
       type: str
       sample: latest complete backup was taken 30.2 h ago, above max_age 26h
     details:
-      description: Machine-readable facts behind the message.
+      description:
+        - Machine-readable facts behind the message. A C(backup_freshness) finding holds C(backup_id),
+          C(age_s) (seconds since the newest backup started; null when the set has none) and C(created),
+          and C(max_age_s) when O(max_age) is set.
       type: dict
-      sample: {backup_id: 20261124T031500.042Z-3fa91c, age_s: 108720, created: "2026-11-24T03:15:00Z"}
+      sample: {backup_id: 20261124T031500.042Z-3fa91c, age_s: 108720, created: "2026-11-24T03:15:00Z", max_age_s: 93600}
 status:
   description: The worst severity among RV(findings).
   returned: always

@@ -395,6 +395,45 @@ concurrent_change:
   returned: always
   type: bool
   sample: false
+status:
+  description: The worst severity of RV(findings) - V(warning) when check mode finds a rotation due, else V(ok).
+  returned: success
+  type: str
+  sample: warning
+summary:
+  description: Count of RV(findings) per severity.
+  returned: success
+  type: dict
+  sample: {critical: 0, unknown: 0, warning: 1, info: 0, ok: 0}
+findings:
+  description:
+    - One finding, check V(signing_key_rotation), saying whether a rotation was due when the task started, so a daily
+      check in check mode reports a due rotation (V(warning)) with the age of the key that signs today.
+    - In a run that rotates, the finding is V(ok) with the message V(rotated).
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    severity:
+      description: V(warning) (rotation due, check mode) or V(ok).
+      type: str
+      sample: warning
+    check:
+      description: V(signing_key_rotation).
+      type: str
+      sample: signing_key_rotation
+    object:
+      description: The Secret, as C(Secret/namespace/name).
+      type: str
+      sample: Secret/auth/jwt-signing-keys
+    message:
+      description: V(rotation due), V(rotated) or V(not due), what the run did or would do, and since when the key signs.
+      type: str
+      sample: "rotation due: (check mode) ...; the signing key had been active since 2026-09-01T02:00:00Z"
+    details:
+      description: C(rotate_after_s), C(active_since) (null when no key had been activated), C(next_rotation).
+      type: dict
+      sample: {rotate_after_s: 2592000.0, active_since: "2026-09-01T02:00:00Z", next_rotation: "2026-10-01T02:00:00Z"}
 msg:
   description: What happened, for people.
   returned: always

@@ -83,6 +83,34 @@ options:
     description: A Certificate expiring within this many days gets a V(critical) finding.
     type: float
     default: 7
+  expected_objects:
+    description:
+      - Objects that must exist, each read with one request; a missing one is a V(critical) finding
+        (check V(expected_objects)), one the credentials may not read an V(unknown) one, and when all exist one
+        V(ok) finding counts them.
+      - Runs whatever O(checks) says, in addition to it.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      kind:
+        description: The kind, for example V(Service), V(Deployment), V(Secret), V(Ingress).
+        type: str
+        required: true
+      name:
+        description: The object's name.
+        type: str
+        required: true
+      namespace:
+        description: Its namespace; empty for a cluster-scoped kind.
+        type: str
+      api_version:
+        description:
+          - Its group version, for example V(monitoring.coreos.com/v1). Needed only for kinds other than
+            V(Service), V(Secret), V(ConfigMap), V(ServiceAccount), V(PersistentVolumeClaim), V(Namespace),
+            V(Deployment), V(StatefulSet), V(DaemonSet), V(Job), V(CronJob), V(Ingress), V(NetworkPolicy),
+            V(HorizontalPodAutoscaler) and V(Certificate).
+        type: str
   fail_on:
     description:
       - Fail the task, after returning every result, when RV(status) reaches this level.
@@ -130,6 +158,14 @@ EXAMPLES = r"""
     checks: [workloads, pods, services, certificates]
     restart_warning: 1
     cert_warning_days: 45
+
+- name: The runbook's first check - these Services exist - with the usual health checks
+  runbook.ops.k8s_health:
+    namespaces: [rust-security]
+    expected_objects:
+      - {kind: Service, name: auth-service, namespace: rust-security}
+      - {kind: Service, name: policy-service, namespace: rust-security}
+      - {kind: Service, name: redis, namespace: rust-security}
 
 - name: Reproducible report (judge ages against a fixed time)
   runbook.ops.k8s_health:
@@ -184,7 +220,8 @@ findings:
     check:
       description: >-
         The check that produced it: V(workloads), V(pods), V(services), V(pvcs), V(events),
-        V(certificates), V(jobs), V(nodes), or V(namespaces) (a namespace could not be listed or found).
+        V(certificates), V(jobs), V(nodes), V(expected_objects) (O(expected_objects)), or V(namespaces) (a
+        namespace could not be listed or found).
       type: str
       sample: pods
     object:
@@ -283,6 +320,9 @@ def module_args() -> t.Dict[str, t.Any]:
             event_window=dict(type="str", default="1h"),
             cert_warning_days=dict(type="float", default=30),
             cert_critical_days=dict(type="float", default=7),
+            expected_objects=dict(type="list", elements="dict", default=[], options=dict(
+                kind=dict(type="str", required=True), name=dict(type="str", required=True),
+                namespace=dict(type="str"), api_version=dict(type="str"))),
             fail_on=dict(type="str", choices=list(FAIL_ON_CHOICES), default="never"),
             now=dict(type="str"),
         ),

@@ -34,7 +34,9 @@ from tests.harness.services import MotoS3Server, PostgresServer, RedisServer
 
 LAB = Path(os.environ.get("RUNBOOK_LAB_DIR", REPO / ".lab"))
 STATE = LAB / "lab.json"
-VARS = REPO / "inventories" / "lab" / "group_vars" / "all" / "lab.yml"
+# RUNBOOK_LAB_VARS puts the connection facts elsewhere, so a test's own lab (its own RUNBOOK_LAB_DIR)
+# leaves the facts of the lab people use alone.
+VARS = Path(os.environ.get("RUNBOOK_LAB_VARS", REPO / "inventories" / "lab" / "group_vars" / "all" / "lab.yml"))
 BUCKET = "lab-backups"
 # What .lab holds; an older layout (namespaces auth/policy, no KWOK) is not upgraded in place.
 LAYOUT = 2
@@ -390,7 +392,7 @@ def up() -> int:
     _write_vars(state, services, kube)
     bin_dir = _bin_dir()
     print("lab: up in %.0fs: platforms %s; inventory vars in %s" % (
-        time.monotonic() - started, ", ".join(platforms), VARS.relative_to(REPO)))
+        time.monotonic() - started, ", ".join(platforms), os.path.relpath(VARS, REPO)))
     print("export KUBECONFIG=%s" % kube["kubeconfig"])
     print("export PATH=%s:$PATH  # kubectl" % bin_dir)
     return 0

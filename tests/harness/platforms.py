@@ -56,7 +56,10 @@ def _container(workload: dict) -> dict:
 def workload_body(ns: str, workload: dict) -> t.Tuple[str, dict]:
     """``(plural, body)`` of a Deployment or StatefulSet labelled ``app=<app>``."""
     labels = {"app": workload["app"]}
-    template = {"metadata": {"labels": labels}, "spec": {"containers": [_container(workload)]}}
+    template: dict = {"metadata": {"labels": labels}, "spec": {"containers": [_container(workload)]}}
+    if workload.get("fault"):
+        # How KWOK is told to fail this workload's Pods (see kwok.FAULTS).
+        template["metadata"]["annotations"] = {kwok.FAULT_ANNOTATION: workload["fault"]}
     spec: dict = {"replicas": workload["replicas"], "selector": {"matchLabels": labels}, "template": template}
     meta = {"name": workload["name"], "namespace": ns, "labels": labels}
     if workload["kind"] == "Deployment":
@@ -200,6 +203,10 @@ def seed_platform(client: t.Any, platform: dict, lab: Endpoints, secrets: t.Mapp
             _ensure(client, "v1", "persistentvolumes", volume_body(ns, claim, lab.volumes))
             _ensure(client, "v1", "persistentvolumeclaims", claim_body(ns, claim, workload["app"]))
             wait_for(lambda c=claim: _bound(client, ns, c), what="PersistentVolumeClaim/%s/%s bound" % (ns, claim))
+        plural, body = workload_body(ns, workload)
+        _ensure(client, "apps/v1", plural, body)
+    # Seeded faults: workloads that never become ready (wait_ready leaves them out).
+    for workload in platform.get("platform_faults") or []:
         plural, body = workload_body(ns, workload)
         _ensure(client, "apps/v1", plural, body)
     for svc in platform["platform_services"]:

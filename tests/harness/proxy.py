@@ -12,8 +12,11 @@ from tests.harness.process import free_port
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, cut_on: t.Optional[t.Pattern[bytes]] = None) -> None:
         self.target = (target_host, target_port)
+        # Cut everything the moment a client sends bytes matching this (e.g. the first upload of a
+        # given backup set), instead of at a time the test guesses.
+        self.cut_on = cut_on
         self.host = "127.0.0.1"
         self.port = free_port()
         self._cut = threading.Event()
@@ -59,6 +62,9 @@ class FaultProxy:
             while not self._cut.is_set():
                 data = src.recv(65536)
                 if not data:
+                    break
+                if self.cut_on is not None and self.cut_on.search(data):
+                    self.cut()
                     break
                 self.bytes_forwarded += len(data)
                 dst.sendall(data)

@@ -398,3 +398,23 @@ def test_no_private_material_in_playbook_output_at_vvvv(kube_cluster, kube_admin
     leaked = [s[:6] + "..." for s in secrets if s in output]
     assert not leaked, leaked
     assert "retired" in output and "active_kid" in output
+
+
+def test_a_due_rotation_is_a_warning_finding_in_check_mode_with_the_signing_keys_age(
+        kube_cluster, kube_admin, kube_namespace):
+    ns = kube_namespace
+    empty = rotate(kube_cluster, ns, check_mode=True, algorithm="ES256", rotate_after="30d", now=T0)
+    assert empty["status"] == "warning" and empty["summary"]["warning"] == 1, empty
+    [first] = empty["findings"]
+    assert first["check"] == "signing_key_rotation" and first["object"] == "Secret/%s/%s" % (ns, SECRET)
+    assert first["message"].startswith("rotation due") and first["details"]["active_since"] is None, first
+
+    made = rotate(kube_cluster, ns, algorithm="ES256", rotate_after="30d", now=T0)
+    assert made["status"] == "ok" and made["findings"][0]["message"].startswith("rotated"), made
+    quiet = rotate(kube_cluster, ns, check_mode=True, algorithm="ES256", rotate_after="30d", now=when(days=10))
+    assert quiet["status"] == "ok" and quiet["findings"][0]["message"].startswith("not due"), quiet
+    due = rotate(kube_cluster, ns, check_mode=True, algorithm="ES256", rotate_after="30d", now=when(days=31))
+    assert due["status"] == "warning", due
+    # The age is the active key's: activated by the first run, at T0.
+    assert due["findings"][0]["details"]["active_since"] == active_jwk(kube_admin, ns)["activated"], due
+    assert "had been active since" in due["findings"][0]["message"]

@@ -245,3 +245,17 @@ def test_health_options_from_the_argument_spec():
 def test_the_argument_spec_refuses(params, words):
     with pytest.raises(InvalidParams, match=words):
         validated("k8s_health", params)
+
+
+def test_expected_objects_resolve_their_group_version():
+    from ansible_collections.runbook.ops.plugins.module_utils._k8s_health import ExpectedObject
+
+    svc = ExpectedObject.from_entry(0, {"kind": "Service", "name": "redis", "namespace": "rust-security"})
+    assert (svc.api_version, svc.ref) == ("v1", "Service/rust-security/redis")
+    custom = ExpectedObject.from_entry(1, {"kind": "PrometheusRule", "name": "r", "namespace": "mon",
+                                           "api_version": "monitoring.coreos.com/v1"})
+    assert custom.api_version == "monitoring.coreos.com/v1"
+    with pytest.raises(RunbookError, match=r"expected_objects\[2\]: kind PrometheusRule needs api_version"):
+        ExpectedObject.from_entry(2, {"kind": "PrometheusRule", "name": "r", "namespace": "mon"})
+    with pytest.raises(RunbookError):
+        ExpectedObject.from_entry(3, {"kind": "Service", "name": "r", "namespace": "Not_A_Namespace"})

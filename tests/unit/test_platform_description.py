@@ -72,3 +72,7 @@ def test_a_description_without_a_name_is_refused() -> None:
     del platform["name"]
     with pytest.raises(AnsibleFilterError, match="name"):
         platform_description(platform, SPEC)
+
+
+def test_the_installed_specification_is_the_default() -> None:
+    assert platform_description(copy.deepcopy(MINIMAL)) == described()
