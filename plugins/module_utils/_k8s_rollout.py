@@ -2,7 +2,8 @@
 # Copyright: runbook.ops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The work behind ``runbook.ops.k8s_rollout``: ordered start and stop, restarts, scaling,
-health-gated updates with automatic rollback, rollback to a recorded revision, status.
+health-gated updates with automatic rollback, rollback to a recorded revision, status, and the
+cleanup of finished Pods and failed Jobs.
 
 Targets are resolved and the credentials' permissions checked (SelfSubjectAccessReview) before
 anything changes. Every write is a patch conditional on the resourceVersion read; every wait
@@ -34,7 +35,9 @@ from ansible_collections.runbook.ops.plugins.module_utils._rollout_gate import (
     GateOptions, HealthReport, run_gate, wait_measurement,
 )
 
-ACTIONS = ("restart", "scale", "stop", "start", "update", "rollback", "status")
+ACTIONS = ("restart", "scale", "stop", "start", "update", "rollback", "status", "cleanup")
+# Actions that act on workloads (one of targets, label_selector, all, steps names them).
+WORKLOAD_ACTIONS = ACTIONS[:-1]
 STOP_RECORD = "runbook.ops/stopped"
 UPDATE_RECORD = "runbook.ops/pre-update-revision"
 DRAINED_KEY = "runbook.ops/drained"
@@ -42,6 +45,7 @@ _KIND_WORDS = {"deployment": "Deployment", "deployments": "Deployment", "deploy"
                "statefulset": "StatefulSet", "statefulsets": "StatefulSet", "sts": "StatefulSet",
                "daemonset": "DaemonSet", "daemonsets": "DaemonSet", "ds": "DaemonSet"}
 _WRITES = ("restart", "scale", "stop", "start", "update", "rollback")
+FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 class TargetRef(t.NamedTuple):
@@ -92,6 +96,9 @@ class RolloutOptions:
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "RolloutOptions":
         check_params(params, {"namespace": k8s_namespace})
+        if params["action"] == "cleanup" and (params["targets"] or params["all"] or params["steps"]):
+            raise RunbookError("action cleanup works on the Pods and Jobs of the namespace (narrowed by label_selector); "
+                               "targets, all and steps do not apply")
         targets = [parse_target(item) for item in params["targets"]] if params["targets"] else None
         steps = None
         if params["steps"]:
@@ -289,6 +296,7 @@ class Rollout:
             "health": self.health.as_result() if self.health is not None else None,
             "rolled_back": self.rolled_back,
             "record": self.records,
+            "cleaned": [],
         }
         if self.diff:
             result["diff"] = self.diff
@@ -499,12 +507,18 @@ def _update(run: Rollout, wl: Workload) -> None:
     before = current_revision(run.client, wl.kind, wl.obj)
     wl.entry["revision"]["before"] = before
     patch: t.Dict[str, t.Any] = {"spec": {"template": template_patch(opts, wl)}}
+    # A template the patch leaves as it is needs no rollout, no record and no gate. (A Deployment's
+    # generation also moves on annotation changes, so it cannot tell.)
+    probe = run.client.patch("apps/v1", wl.plural, wl.name, patch, wl.namespace, patch_type="strategic", dry_run=True)
+    if (probe.get("spec") or {}).get("template") == (wl.obj.get("spec") or {}).get("template"):
+        wl.done("unchanged", wl.obj, False)
+        wl.entry["revision"]["after"] = before
+        return
     if before is not None:
         patch["metadata"] = {"annotations": {UPDATE_RECORD: str(before)}}
     run.records[wl.ref] = {"revision": before}
     after = run.patch(wl, patch, "strategic")
-    changed = after["metadata"].get("generation") != wl.obj["metadata"].get("generation")
-    wl.done("updated" if changed else "unchanged", after, changed)
+    wl.done("updated", after, True)
     if run.task.check_mode:
         return
     problem = run.wait([wl], opts.wait_timeout)
@@ -567,10 +581,81 @@ _STEP_ACTIONS = {"scale": (_scale_act, None), "restart": (_restart_act, None), "
                  "start": (_start_act, _start_finish)}
 
 
+# ----------------------------------------------------------------------------------------------
+# cleanup
+
+
+def job_failed(job: K8sObject) -> bool:
+    """A Job the controller gave up on (condition ``Failed``: backoff limit, deadline, failure policy)."""
+    return any(c.get("type") == "Failed" and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def _owner_job(pod: K8sObject) -> t.Optional[str]:
+    for owner in (pod.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("kind") == "Job":
+            return str(owner.get("name"))
+    return None
+
+
+def cleanup_plan(pods: t.Sequence[K8sObject], jobs: t.Sequence[K8sObject]) -> t.List[t.Tuple[str, K8sObject, str]]:
+    """``(plural, object, reason)`` to delete: failed Jobs (their Pods go with them), then the finished
+    Pods (Succeeded or Failed) no failed Job takes along. Objects already being deleted are left alone."""
+    plan: t.List[t.Tuple[str, K8sObject, str]] = []
+    failed_jobs = set()
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        if job_failed(job) and not meta.get("deletionTimestamp"):
+            failed_jobs.add(meta["name"])
+            reasons = [c.get("reason") for c in (job.get("status") or {}).get("conditions") or []
+                       if c.get("type") == "Failed" and c.get("reason")]
+            plan.append(("jobs", job, "failed Job%s" % (" (%s)" % reasons[0] if reasons else "")))
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in FINISHED_PHASES and not meta.get("deletionTimestamp") and _owner_job(pod) not in failed_jobs:
+            plan.append(("pods", pod, "finished Pod (phase %s)" % phase))
+    return plan
+
+
+def _cleanup(run: Rollout) -> Result:
+    """Delete the namespace's finished Pods and failed Jobs (what ``kubectl delete pod
+    --field-selector=status.phase==Succeeded`` and friends do by hand), each conditional on the
+    resourceVersion read; one that changed or went away meanwhile is left alone."""
+    opts = run.opts
+    needed = (("pods", "", "delete pods"), ("jobs", "batch", "delete jobs"))
+    refused = [what for plural, group, what in needed if not run.may("delete", plural, group)]
+    if refused:
+        raise RunbookError("the credentials may not %s in namespace %s; nothing was deleted"
+                           % (", ".join(refused), opts.namespace))
+    pods = run.client.list("v1", "pods", opts.namespace, label_selector=opts.label_selector)
+    jobs = run.client.list("batch/v1", "jobs", opts.namespace, label_selector=opts.label_selector)
+    cleaned: t.List[Result] = []
+    for plural, obj, reason in cleanup_plan(pods, jobs):
+        meta = obj["metadata"]
+        api_version = "batch/v1" if plural == "jobs" else "v1"
+        kind = "Job" if plural == "jobs" else "Pod"
+        try:
+            run.client.delete(api_version, plural, meta["name"], opts.namespace, propagation="Background",
+                              resource_version=meta.get("resourceVersion"), dry_run=run.task.check_mode)
+        except (K8sNotFound, K8sConflict):
+            continue  # gone or changed since it was read: not ours to judge any more
+        cleaned.append({"object": object_ref(kind, meta["name"], opts.namespace), "kind": kind, "reason": reason})
+    result = run.result("")
+    result.update(changed=bool(cleaned), cleaned=cleaned)
+    jobs_done = sum(1 for entry in cleaned if entry["kind"] == "Job")
+    result["msg"] = "%scleanup: %s %d finished Pod(s) and %d failed Job(s) in %s" % (
+        "check mode: " if run.task.check_mode else "", "would delete" if run.task.check_mode else "deleted",
+        len(cleaned) - jobs_done, jobs_done, opts.namespace)
+    return result
+
+
 @reports_api_requests
 def run_rollout(task: Task[RolloutOptions]) -> Result:
     run = Rollout(task)
     opts = run.opts
+    if opts.action == "cleanup":
+        return _cleanup(run)
     steps = run.plan()
     run.preflight(steps)
     refs = [ref for step in steps for ref in step.targets]

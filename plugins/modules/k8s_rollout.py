@@ -52,9 +52,13 @@ options:
         blindly the previous one), through ReplicaSets (Deployments) or ControllerRevisions (StatefulSets,
         DaemonSets); the workload's other annotations are kept.
       - V(status) only reads (revisions, replicas, conditions and records).
+      - V(cleanup) deletes the namespace's finished Pods (phase C(Succeeded) or C(Failed)) and its failed Jobs
+        (condition C(Failed); their Pods go with them), narrowed by O(label_selector); each delete is conditional
+        on the resourceVersion read. Running Pods, active and succeeded Jobs are left alone. It takes no
+        O(targets), O(all) or O(steps).
     type: str
     required: true
-    choices: [restart, scale, stop, start, update, rollback, status]
+    choices: [restart, scale, stop, start, update, rollback, status, cleanup]
   targets:
     description:
       - Workloads as C(Kind/name), for example V(Deployment/auth-service) or V(sts/redis-master).
@@ -62,10 +66,14 @@ options:
     type: list
     elements: str
   label_selector:
-    description: The workloads matching this label selector (Deployments and StatefulSets for scaling actions).
+    description:
+      - The workloads matching this label selector (Deployments and StatefulSets for scaling actions).
+      - For V(cleanup), the Pods and Jobs it considers.
     type: str
   all:
-    description: Every Deployment and StatefulSet in the namespace (one of O(targets), O(label_selector), O(all), O(steps) is required).
+    description: >-
+      Every Deployment and StatefulSet in the namespace (one of O(targets), O(label_selector), O(all), O(steps) is
+      required, except for V(cleanup)).
     type: bool
   steps:
     description:
@@ -214,6 +222,12 @@ EXAMPLES = r"""
       http:
         - url: http://auth-service.rust-security.svc:8080/health
 
+- name: Maintenance window - remove finished Pods and failed Jobs
+  runbook.ops.k8s_rollout:
+    namespace: rust-security
+    action: cleanup
+  register: cleanup
+
 - name: What is running and what was recorded
   runbook.ops.k8s_rollout:
     namespace: rust-security
@@ -333,6 +347,22 @@ record:
   returned: always
   type: dict
   sample: {"Deployment/rust-security/auth-service": {replicas: 3, hpa: null, services: [], stopped_at: "2026-03-01T06:00:01.234Z"}}
+cleaned:
+  description: V(cleanup). What was deleted (in check mode, would be), in the order deleted.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    object:
+      description: C(Pod/namespace/name) or C(Job/namespace/name).
+      type: str
+      sample: Job/rust-security/nightly-export-29120
+    kind:
+      description: V(Pod) or V(Job).
+      type: str
+    reason:
+      description: Why, for example V(finished Pod (phase Succeeded)) or V(failed Job (BackoffLimitExceeded)).
+      type: str
 api_requests:
   description: HTTP requests sent to the API server (watches included); also when the task fails.
   returned: always
@@ -349,7 +379,9 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
-from ansible_collections.runbook.ops.plugins.module_utils._k8s_rollout import ACTIONS, RolloutOptions, run_rollout
+from ansible_collections.runbook.ops.plugins.module_utils._k8s_rollout import (
+    ACTIONS, WORKLOAD_ACTIONS, RolloutOptions, run_rollout,
+)
 
 
 def module_args() -> t.Dict[str, t.Any]:
@@ -381,9 +413,9 @@ def module_args() -> t.Dict[str, t.Any]:
             health=dict(type="dict", default={}, options=health),
         ),
         mutually_exclusive=[("targets", "label_selector", "all", "steps")],
-        required_one_of=[("targets", "label_selector", "all", "steps")],
-        required_if=[("action", "scale", ("replicas",)),
-                     ("action", "update", ("images", "env", "resources", "patch"), True)],
+        # Every action but cleanup acts on named or selected workloads.
+        required_if=[("action", action, ("targets", "label_selector", "all", "steps"), True) for action in WORKLOAD_ACTIONS]
+        + [("action", "scale", ("replicas",)), ("action", "update", ("images", "env", "resources", "patch"), True)],
         supports_check_mode=True,
     )
 

@@ -238,3 +238,45 @@ def test_api_server_stopped_mid_sequence_then_a_rerun_completes(own_kube_cluster
     assert actions == ["already_started", "already_started", "started"], rerun["targets"]
     obj = admin.get("apps/v1", "deployments", "auth-service", ns)
     assert obj["status"]["readyReplicas"] == 2 and "runbook.ops/stopped" not in obj["metadata"]["annotations"]
+
+
+def test_cleanup_deletes_finished_pods_and_failed_jobs_only(kube_cluster, kube_admin, kube_namespace):
+    ns = kube_namespace
+    seed(kube_admin, ns)
+
+    def job(name: str, image: str, **spec: t.Any) -> dict:
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns},
+                "spec": dict(spec, backoffLimit=0, template={"metadata": {"labels": {"job": name}}, "spec": {
+                    "restartPolicy": "Never", "containers": [{"name": name, "image": image}]}})}
+
+    kube_admin.create("batch/v1", "jobs", job("export", "registry.lab/export:1.0"), ns)
+    # Its Pod never starts (image pull back-off): the controller fails the Job at its deadline.
+    kube_admin.create("batch/v1", "jobs", job("stuck", "registry.lab/stuck:imagepullbackoff", activeDeadlineSeconds=2), ns)
+    settled(kube_admin, ns)
+
+    def phases(label: str) -> t.List[str]:
+        return [(p.get("status") or {}).get("phase") for p in kube_admin.list("v1", "pods", ns, label_selector=label)]
+
+    wait_for(lambda: phases("job=export") == ["Succeeded"], timeout=60, what="the export Job's Pod Succeeded")
+    wait_for(lambda: any(c.get("type") == "Failed" for c in (kube_admin.get("batch/v1", "jobs", "stuck", ns).get(
+        "status") or {}).get("conditions") or []), timeout=60, what="the stuck Job Failed")
+    running = sorted(p["metadata"]["name"] for p in kube_admin.list("v1", "pods", ns, label_selector="app=auth-service"))
+
+    planned = run_module("k8s_rollout", dict(kube_cluster.auth(), namespace=ns, action="cleanup"), check_mode=True)
+    assert not planned.get("failed") and planned["changed"], planned
+    assert kube_admin.get("batch/v1", "jobs", "stuck", ns) is not None and phases("job=export") == ["Succeeded"]
+
+    cleaned = rollout(kube_cluster, ns, action="cleanup")
+    assert not cleaned.get("failed") and cleaned["changed"], cleaned
+    objects = {entry["object"]: entry["reason"] for entry in cleaned["cleaned"]}
+    assert objects["Job/%s/stuck" % ns].startswith("failed Job"), objects
+    export_pods = [name for name in objects if name.startswith("Pod/%s/export-" % ns)]
+    assert len(export_pods) == 1 and len(objects) == 2, objects
+    wait_for(lambda: kube_admin.get("batch/v1", "jobs", "stuck", ns, missing_ok=True) is None, timeout=30,
+             what="the failed Job deleted")
+    wait_for(lambda: phases("job=export") == [], timeout=30, what="the finished Pod deleted")
+    assert kube_admin.get("batch/v1", "jobs", "export", ns) is not None  # a succeeded Job stays
+    assert sorted(p["metadata"]["name"] for p in kube_admin.list("v1", "pods", ns, label_selector="app=auth-service")) == running
+
+    again = rollout(kube_cluster, ns, action="cleanup")
+    assert not again.get("failed") and not again["changed"] and again["cleaned"] == [], again

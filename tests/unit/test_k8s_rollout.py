@@ -13,7 +13,7 @@ ensure_collection_path()
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError  # noqa: E402
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_node import skip_reason  # noqa: E402
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_rollout import (  # noqa: E402
-    RolloutOptions, TargetRef, Workload, parse_target, template_patch,
+    RolloutOptions, TargetRef, Workload, cleanup_plan, parse_target, template_patch,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._rollout import settled  # noqa: E402
 from ansible_collections.runbook.ops.plugins.module_utils._rollout_gate import GateOptions, HealthReport  # noqa: E402
@@ -41,8 +41,11 @@ def test_argument_spec_rules():
         validated("k8s_rollout", dict(BASE, action="update", targets=["Deployment/a"]))
     with pytest.raises(InvalidParams, match="mutually exclusive"):
         validated("k8s_rollout", dict(BASE, action="status", all=True, targets=["Deployment/a"]))
-    with pytest.raises(InvalidParams, match="one of the following"):
+    with pytest.raises(InvalidParams, match="any of the following are missing: targets, label_selector, all, steps"):
         validated("k8s_rollout", dict(BASE, action="status"))
+    assert validated("k8s_rollout", dict(BASE, action="cleanup"))["action"] == "cleanup"
+    with pytest.raises(RunbookError, match="targets, all and steps do not apply"):
+        options(action="cleanup", all=True)
     with pytest.raises(InvalidParams, match="value of action must be one of"):
         validated("k8s_rollout", dict(BASE, action="undo", all=True))
 
@@ -116,3 +119,28 @@ def test_drain_skips_daemonset_and_mirror_pods_and_refuses_unmanaged_ones():
     with_scratch["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
     assert "delete_emptydir_data" in skip_reason(with_scratch, False)
     assert skip_reason(with_scratch, True) is None
+
+
+def _pod(name, phase, job=None, deleting=False):
+    meta = {"name": name, "resourceVersion": "1"}
+    if job:
+        meta["ownerReferences"] = [{"kind": "Job", "name": job}]
+    if deleting:
+        meta["deletionTimestamp"] = "2026-03-01T02:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase}}
+
+
+def _job(name, failed, reason="BackoffLimitExceeded"):
+    conditions = [{"type": "Failed", "status": "True", "reason": reason}] if failed else [{"type": "Complete", "status": "True"}]
+    return {"metadata": {"name": name, "resourceVersion": "1"}, "status": {"conditions": conditions}}
+
+
+def test_cleanup_plan_finished_pods_and_failed_jobs_only():
+    pods = [_pod("web-1", "Running"), _pod("export-1", "Succeeded", job="export"), _pod("broken-1", "Failed", job="broken"),
+            _pod("oneoff", "Failed"), _pod("gone", "Succeeded", deleting=True), _pod("pending", "Pending")]
+    jobs = [_job("export", failed=False), _job("broken", failed=True)]
+    plan = [(plural, obj["metadata"]["name"], reason) for plural, obj, reason in cleanup_plan(pods, jobs)]
+    # The failed Job's Pod goes with it; running, pending and terminating Pods and succeeded Jobs stay.
+    assert plan == [("jobs", "broken", "failed Job (BackoffLimitExceeded)"),
+                    ("pods", "export-1", "finished Pod (phase Succeeded)"),
+                    ("pods", "oneoff", "finished Pod (phase Failed)")]
