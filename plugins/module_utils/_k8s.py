@@ -239,8 +239,8 @@ class K8sClient:
             url += "?" + urllib.parse.urlencode(pairs)
         return url
 
-    def _headers(self, raw: bool, content_type: t.Optional[str]) -> t.Dict[str, str]:
-        headers = {"Accept": "*/*" if raw else "application/json", "User-Agent": self.user_agent}
+    def _headers(self, raw: bool, content_type: t.Optional[str], accept: t.Optional[str] = None) -> t.Dict[str, str]:
+        headers = {"Accept": accept or ("*/*" if raw else "application/json"), "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
         token = self._token()
@@ -250,18 +250,19 @@ class K8sClient:
 
     def request(self, method: str, path: str, query: t.Optional[t.Mapping[str, t.Any]] = None,
                 body: t.Any = None, content_type: str = "application/json", what: str = "",
-                raw: bool = False, retry: bool = True) -> t.Any:
+                raw: bool = False, retry: bool = True, accept: t.Optional[str] = None) -> t.Any:
         """Send one API request (with retries) and return the decoded JSON answer.
 
         ``what`` describes the operation for error messages (e.g. ``list pods in namespace auth``).
         ``raw`` returns the body as bytes (Pod logs are not JSON); ``retry=False`` makes one attempt,
-        for reads whose failure is itself worth reporting at once.
+        for reads whose failure is itself worth reporting at once. ``accept`` replaces the Accept
+        header (aggregated discovery asks for its own media type).
         """
         url = self._url(path, query)
         payload: t.Optional[bytes] = None
         if body is not None:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = self._headers(raw, content_type if payload is not None else None)
+        headers = self._headers(raw, content_type if payload is not None else None, accept)
         what = what or "%s %s" % (method, path)
         retries = self.retries if retry else 0
         attempt = 0

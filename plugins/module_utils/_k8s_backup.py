@@ -13,7 +13,11 @@ and every kind that could not be read and why: a partial backup says so.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import queue
+import threading
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import (
@@ -34,6 +38,10 @@ KIND = "kubernetes"
 OBJECTS = "objects.jsonl"
 FORMAT = "jsonl"
 MAX_PARALLEL = 64
+# Lists run this many at a time (never more than ``parallel``): they are independent, and overlapping
+# one list's transfer with another's decoding shortened them on the lab's API server; more
+# connections did not shorten them further.
+LIST_PARALLEL = 4
 SECRET_TYPE = ResourceType("v1", "secrets", "Secret", True)
 NAMESPACE_TYPE = ResourceType("v1", "namespaces", "Namespace", False)
 CRD_TYPE = ResourceType("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False)
@@ -162,36 +170,110 @@ def select_namespaces(client: K8sClient, opts: K8sBackupOptions) -> t.Tuple[t.Li
     return names, by_name
 
 
+class ClientPool:
+    """Clients with the settings of ``main`` for concurrent requests, each leased to one thread at a
+    time and created only when every other one is busy. Their requests are added to ``main``'s
+    count (the task's ``api_requests``) when the pool closes."""
+
+    def __init__(self, main: K8sClient, share_main: bool = False, **client_args: t.Any) -> None:
+        self.main = main
+        self._client_args = client_args
+        # Last in, first out: the connection used last is the one most likely still open.
+        self._idle: "queue.LifoQueue[K8sClient]" = queue.LifoQueue()
+        self._extra: t.List[K8sClient] = []
+        self._lock = threading.Lock()
+        if share_main:
+            self._idle.put(main)
+
+    @contextlib.contextmanager
+    def lease(self) -> t.Iterator[K8sClient]:
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            client = K8sClient(self.main.settings, **self._client_args)
+            with self._lock:
+                self._extra.append(client)
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._extra:
+                self.main.requests += client.requests
+                client.close()
+            self._extra = []
+
+
+def list_types(client: K8sClient, types: t.Sequence[ResourceType], namespaces: t.Sequence[str],
+               label_selector: t.Optional[str], parallel: int = LIST_PARALLEL,
+               cluster_types: t.Sequence[ResourceType] = ()) -> t.List[Listing]:
+    """:func:`list_type` of each of ``types`` in ``namespaces`` with ``label_selector``, then of each
+    of ``cluster_types`` (everything), ``parallel`` lists at a time (``client`` is one of the
+    connections), in that order."""
+    pool = ClientPool(client, share_main=True)
+    jobs = [(r, label_selector) for r in types] + [(r, None) for r in cluster_types]
+
+    def one(job: t.Tuple[ResourceType, t.Optional[str]]) -> Listing:
+        with pool.lease() as worker:
+            return list_type(worker, job[0], namespaces, job[1])
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(parallel, LIST_PARALLEL, len(jobs)))) as executor:
+            return list(executor.map(one, jobs))
+    finally:
+        pool.close()
+
+
 def read_namespaced(client: K8sClient, snapshot: Snapshot, types: t.Sequence[ResourceType],
-                    label_selector: t.Optional[str]) -> None:
-    """One list per type (across the namespaces), controller-owned and automatic objects left out."""
-    for rtype in types:
-        listing = list_type(client, rtype, snapshot.namespaces, label_selector)
+                    label_selector: t.Optional[str], parallel: int = LIST_PARALLEL,
+                    cluster_types: t.Sequence[ResourceType] = ()) -> t.Dict[ResourceType, Listing]:
+    """One list per type (across the namespaces), ``parallel`` at a time; controller-owned and
+    automatic objects left out. ``cluster_types`` are listed in the same go and returned, not
+    recorded: which of their objects a backup needs depends on what the others hold."""
+    listings = list_types(client, types, snapshot.namespaces, label_selector, parallel, cluster_types)
+    for rtype, listing in zip(types, listings):
         snapshot.add(rtype, listing, lambda obj, r=rtype: not skipped_by_default(r, obj))  # type: ignore[misc]
+    return dict(zip(cluster_types, listings[len(types):]))
+
+
+def cluster_types_needed(types: t.Sequence[ResourceType]) -> t.List[ResourceType]:
+    """The cluster-scoped lists :func:`read_cluster_resources` will (likely) need, to be read with
+    the namespaced ones."""
+    needed = [CLUSTER_BINDING_TYPE, CLUSTER_ROLE_TYPE]
+    if any(not is_builtin_group(r.group) for r in types):
+        needed.append(CRD_TYPE)
+    if any(r.kind == "PersistentVolumeClaim" and r.group == "" for r in types):
+        needed.append(PV_TYPE)
+    return needed
 
 
 def read_cluster_resources(client: K8sClient, snapshot: Snapshot, namespace_objects: t.Mapping[str, K8sObject],
-                           types: t.Sequence[ResourceType]) -> None:
+                           types: t.Sequence[ResourceType], listed: t.Mapping[ResourceType, Listing]) -> None:
     """The cluster-scoped objects the namespaces need: their Namespaces, the CRDs of the custom
     resources read, ClusterRoleBindings with subjects in them and the ClusterRoles those bind,
-    PersistentVolumes bound to the claims read."""
+    PersistentVolumes bound to the claims read. Lists already read are taken from ``listed``."""
+
+    def listing(rtype: ResourceType) -> Listing:
+        return listed[rtype] if rtype in listed else list_type(client, rtype, [], None)
+
     wanted = set(snapshot.namespaces)
     snapshot.add(NAMESPACE_TYPE, Listing([namespace_objects[n] for n in snapshot.namespaces if n in namespace_objects],
                                          "", {}), lambda obj: True)
     custom = {"%s.%s" % (r.plural, r.group) for r in types
               if snapshot.kinds.get(r.key, {}).get("count") and not is_builtin_group(r.group)}
     if custom:
-        snapshot.add(CRD_TYPE, list_type(client, CRD_TYPE, [], None), lambda obj: obj["metadata"]["name"] in custom)
-    bindings = snapshot.add(CLUSTER_BINDING_TYPE, list_type(client, CLUSTER_BINDING_TYPE, [], None), lambda obj: any(
+        snapshot.add(CRD_TYPE, listing(CRD_TYPE), lambda obj: obj["metadata"]["name"] in custom)
+    bindings = snapshot.add(CLUSTER_BINDING_TYPE, listing(CLUSTER_BINDING_TYPE), lambda obj: any(
         s.get("namespace") in wanted for s in obj.get("subjects") or []))
     roles = {b["roleRef"]["name"] for b in bindings if b.get("roleRef", {}).get("kind") == "ClusterRole"}
     if roles:
-        snapshot.add(CLUSTER_ROLE_TYPE, list_type(client, CLUSTER_ROLE_TYPE, [], None),
-                     lambda obj: obj["metadata"]["name"] in roles)
+        snapshot.add(CLUSTER_ROLE_TYPE, listing(CLUSTER_ROLE_TYPE), lambda obj: obj["metadata"]["name"] in roles)
     claims = {(o["metadata"].get("namespace"), o["metadata"]["name"]) for o in snapshot.objects
               if o.get("kind") == "PersistentVolumeClaim"}
     if claims:
-        snapshot.add(PV_TYPE, list_type(client, PV_TYPE, [], None), lambda obj: (
+        snapshot.add(PV_TYPE, listing(PV_TYPE), lambda obj: (
             ((obj.get("spec") or {}).get("claimRef") or {}).get("namespace"),
             ((obj.get("spec") or {}).get("claimRef") or {}).get("name")) in claims)
 
@@ -205,9 +287,10 @@ def read_state(client: K8sClient, opts: K8sBackupOptions) -> Snapshot:
     types, unknown = select_types(discover(client), opts.kinds, opts.exclude_kinds)
     if unknown:
         raise RunbookError("kinds %s: the API server serves no namespaced kind of that name" % ", ".join(unknown))
-    read_namespaced(client, snapshot, types, opts.label_selector)
+    cluster_types = cluster_types_needed(types) if opts.include_cluster_resources else []
+    listed = read_namespaced(client, snapshot, types, opts.label_selector, opts.parallel, cluster_types)
     if opts.include_cluster_resources:
-        read_cluster_resources(client, snapshot, namespace_objects, types)
+        read_cluster_resources(client, snapshot, namespace_objects, types, listed)
     snapshot.objects.sort(key=lambda obj: (restore_rank(obj), object_key(obj)))
     return snapshot
 
@@ -220,7 +303,7 @@ class _LinesReader:
     def __init__(self, objects: t.Sequence[K8sObject], digests: t.Dict[str, str]) -> None:
         self._objects = iter(objects)
         self._digests = digests
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def _next_line(self) -> bytes:
         obj = next(self._objects, None)
@@ -236,10 +319,9 @@ class _LinesReader:
             if not line:
                 break
             self._buffer += line
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        size = len(self._buffer) if size < 0 else size
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]  # a bytearray drops its head without copying the rest
         return data
 
     def readable(self) -> bool:

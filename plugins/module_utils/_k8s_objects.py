@@ -90,16 +90,68 @@ class ResourceType:
         return wanted in names
 
 
-def discover(client: K8sClient) -> t.List[ResourceType]:
-    """Every listable and creatable resource type in its preferred version: one request for the
-    core group list, one for the groups, one per group version."""
-    versions = [(str(v), "") for v in client.request("GET", "/api", what="discover the API versions").get("versions", [])]
-    groups = client.request("GET", "/apis", what="discover the API groups").get("groups", [])
-    versions += [(str((g.get("preferredVersion") or {}).get("groupVersion", "")), str(g.get("name", ""))) for g in groups]
+AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+
+
+def discover(client: K8sClient, aggregated: bool = True) -> t.List[ResourceType]:
+    """Every listable and creatable resource type in its preferred version.
+
+    With ``aggregated`` (Kubernetes 1.30+ answers it) that is two requests, ``/api`` and ``/apis``.
+    A server that answers in the classic format (older, or ``aggregated=False``) costs one more
+    request per group version.
+    """
+    accept = AGGREGATED_DISCOVERY if aggregated else None
     found: t.List[ResourceType] = []
-    for api_version, _group in versions:
-        if not api_version:
+    for path, what in (("/api", "discover the API versions"), ("/apis", "discover the API groups")):
+        answer = client.request("GET", path, what=what, accept=accept)
+        if answer.get("kind") == "APIGroupDiscoveryList":
+            found += _aggregated_types(answer)
+        else:
+            found += _classic_types(client, _classic_versions(answer))
+    return found
+
+
+def _resource_type(api_version: str, resource: t.Mapping[str, t.Any], plural: str, kind: str,
+                   namespaced: bool) -> t.Optional[ResourceType]:
+    """The type, or None for a subresource or a type that cannot be both listed and created."""
+    verbs = resource.get("verbs") or []
+    if not plural or not kind or "/" in plural or "list" not in verbs or "create" not in verbs:
+        return None
+    return ResourceType(api_version, plural, kind, namespaced)
+
+
+def _aggregated_types(answer: K8sObject) -> t.List[ResourceType]:
+    """The types of an ``APIGroupDiscoveryList``: per group, its versions in the server's order of
+    preference, the first being the preferred one."""
+    found: t.List[ResourceType] = []
+    for group in answer.get("items") or []:
+        versions = group.get("versions") or []
+        # Stale: an aggregated API that is down (classic discovery answers 503): nothing of it can be read.
+        if not versions or versions[0].get("freshness") == "Stale":
             continue
+        name = str((group.get("metadata") or {}).get("name") or "")
+        api_version = "%s/%s" % (name, versions[0]["version"]) if name else str(versions[0]["version"])
+        for resource in versions[0].get("resources") or []:
+            rtype = _resource_type(api_version, resource, str(resource.get("resource", "")),
+                                   str((resource.get("responseKind") or {}).get("kind", "")),
+                                   resource.get("scope") == "Namespaced")
+            if rtype:
+                found.append(rtype)
+    return found
+
+
+def _classic_versions(answer: K8sObject) -> t.List[str]:
+    """The group versions of a classic ``APIVersions`` (``/api``) or ``APIGroupList`` (``/apis``) answer."""
+    if "versions" in answer:
+        return [str(v) for v in answer.get("versions") or [] if v]
+    return [str((g.get("preferredVersion") or {}).get("groupVersion", "")) for g in answer.get("groups") or []
+            if (g.get("preferredVersion") or {}).get("groupVersion")]
+
+
+def _classic_types(client: K8sClient, versions: t.Sequence[str]) -> t.List[ResourceType]:
+    """The types of each group version, one request each."""
+    found: t.List[ResourceType] = []
+    for api_version in versions:
         try:
             answer = client.request("GET", api_prefix(api_version), what="discover %s" % api_version)
         except (K8sNotFound, K8sForbidden):
@@ -109,10 +161,10 @@ def discover(client: K8sClient) -> t.List[ResourceType]:
                 continue
             raise
         for resource in answer.get("resources", []):
-            verbs = resource.get("verbs") or []
-            if "/" in resource["name"] or "list" not in verbs or "create" not in verbs:
-                continue
-            found.append(ResourceType(api_version, resource["name"], resource["kind"], bool(resource.get("namespaced"))))
+            rtype = _resource_type(api_version, resource, str(resource.get("name", "")), str(resource.get("kind", "")),
+                                   bool(resource.get("namespaced")))
+            if rtype:
+                found.append(rtype)
     return found
 
 

@@ -27,7 +27,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._k8s import (
     K8sClient, K8sConflict, K8sNotFound, K8sObject, K8sUnreachable, api_prefix,
 )
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_backup import (
-    KIND, OBJECTS, K8sBackupOptions, Snapshot, read_namespaced)
+    KIND, OBJECTS, ClientPool, K8sBackupOptions, Snapshot, read_namespaced)
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_objects import (
     CUSTOM_RANK, ResourceType, comparable, digest, group_of, map_namespaces, masked, meta, object_key, patch_summary,
     ref, restore_form, restore_rank)
@@ -99,35 +99,6 @@ def _entry(obj: K8sObject, action: str, reason: str, **extra: t.Any) -> t.Dict[s
 
 # --------------------------------------------------------------------------- restore
 
-class _Workers:
-    """Worker connections (one client each, same settings): bounded parallel requests."""
-
-    def __init__(self, main: K8sClient, size: int) -> None:
-        self.main = main
-        self.size = size
-        self.local = threading.local()
-        self.clients: t.List[K8sClient] = []
-        self.lock = threading.Lock()
-
-    def client(self) -> K8sClient:
-        client = getattr(self.local, "client", None)
-        if client is None:
-            # More retries and a longer backoff ceiling than a single task: a restore of many
-            # objects is what makes an API server answer 429 with a Retry-After.
-            client = K8sClient(self.main.settings, retries=6, max_backoff=30.0)
-            self.local.client = client
-            with self.lock:
-                self.clients.append(client)
-        return client
-
-    def close(self) -> None:
-        # The task's api_requests counts the main client; the workers' requests are added to it.
-        for client in self.clients:
-            self.main.requests += client.requests
-            client.close()
-        self.clients = []
-
-
 class Restore:
     """Restore the selected objects of ``stored``, rank by rank."""
 
@@ -159,7 +130,9 @@ class Restore:
         ranks: t.Dict[int, t.List[K8sObject]] = {}
         for body in self.bodies():
             ranks.setdefault(restore_rank(body), []).append(body)
-        workers = _Workers(self.client, self.opts.parallel)
+        # More retries and a longer backoff ceiling than a single task: a restore of many objects is
+        # what makes an API server answer 429 with a Retry-After.
+        workers = ClientPool(self.client, retries=6, max_backoff=30.0)
         try:
             with concurrent.futures.ThreadPoolExecutor(self.opts.parallel) as pool:
                 for rank in sorted(ranks):
@@ -167,7 +140,7 @@ class Restore:
         finally:
             workers.close()
 
-    def _restore_rank(self, pool: concurrent.futures.ThreadPoolExecutor, workers: _Workers, rank: int,
+    def _restore_rank(self, pool: concurrent.futures.ThreadPoolExecutor, workers: ClientPool, rank: int,
                       bodies: t.List[K8sObject]) -> None:
         if rank == CUSTOM_RANK:
             bodies = [b for b in bodies if self._servable(b)]
@@ -222,10 +195,13 @@ class Restore:
                     raise RunbookError("CustomResourceDefinition %s is not Established after %ds" % (name, ESTABLISHED_TIMEOUT))
                 time.sleep(0.2)
 
-    def _restore_one(self, workers: _Workers, body: K8sObject) -> None:
+    def _restore_one(self, workers: ClientPool, body: K8sObject) -> None:
         if self.stopped:
             return  # the API server is unreachable: the objects left are for the rerun
-        client = workers.client()
+        with workers.lease() as client:
+            self._restore_with(client, body)
+
+    def _restore_with(self, client: K8sClient, body: K8sObject) -> None:
         plural = self.stored.plural(body) or client.plural_of(str(body["apiVersion"]), str(body["kind"]))
         metadata = meta(body)
         namespace = metadata.get("namespace")
@@ -233,12 +209,21 @@ class Restore:
             self._record(body, "would_create", "not validated by the API server: namespace %s would be created first" % namespace)
             return
         try:
-            live = client.get(str(body["apiVersion"]), plural, metadata["name"], namespace, missing_ok=True)
             body = self._owners(client, body)
+            # A namespace this restore created holds nothing but what controllers add (its default
+            # ServiceAccount): create at once, and read the object only when the server says it exists.
+            fresh = namespace in self.new_namespaces
+            live = None if fresh else client.get(str(body["apiVersion"]), plural, metadata["name"], namespace,
+                                                 missing_ok=True)
             if live is None:
-                self._create(client, plural, body)
-            else:
-                self._existing(client, plural, body, live)
+                try:
+                    self._create(client, plural, body)
+                    return
+                except K8sConflict:
+                    if not fresh:
+                        raise
+                live = client.get(str(body["apiVersion"]), plural, metadata["name"], namespace) or {}
+            self._existing(client, plural, body, live)
         except K8sUnreachable:
             self.stopped = True
             raise
@@ -371,11 +356,11 @@ def run_restore(task: Task[K8sBackupOptions], client: K8sClient, repo: Repositor
 # --------------------------------------------------------------------------- diff
 
 def _live_snapshot(client: K8sClient, stored: StoredState, namespaces: t.List[str],
-                   label_selector: t.Optional[str]) -> Snapshot:
+                   label_selector: t.Optional[str], parallel: int) -> Snapshot:
     types = [ResourceType(key.rsplit("/", 1)[0], str(entry["plural"]), key.rsplit("/", 1)[1], True)
              for key, entry in sorted(stored.kinds.items()) if entry.get("namespaced")]
     snapshot = Snapshot(namespaces)
-    read_namespaced(client, snapshot, types, label_selector)
+    read_namespaced(client, snapshot, types, label_selector, parallel)
     return snapshot
 
 
@@ -399,7 +384,8 @@ def run_diff(task: Task[K8sBackupOptions], client: K8sClient, repo: Repository) 
     backup = [map_namespaces(obj, mapping) for obj in stored.selected(opts)]
     source_namespaces = opts.namespaces or list((stored.manifest.get("kubernetes") or {}).get("namespaces") or [])
     namespaces = [mapping.get(ns, ns) for ns in source_namespaces]
-    live = _live_snapshot(client, stored, namespaces, (stored.manifest.get("kubernetes") or {}).get("label_selector"))
+    live = _live_snapshot(client, stored, namespaces, (stored.manifest.get("kubernetes") or {}).get("label_selector"),
+                          opts.parallel)
     live_objects = live.objects + _cluster_objects(client, stored, [o for o in backup if not meta(o).get("namespace")])
     preserve = opts.preserve_node_ports
     before = {object_key(o): comparable(o, preserve) for o in backup}

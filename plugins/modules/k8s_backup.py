@@ -125,7 +125,9 @@ options:
     type: bool
     default: false
   parallel:
-    description: Concurrent API requests of V(restore) (one connection each), from 1 to 64.
+    description:
+      - Concurrent API requests of V(restore) (one connection each), from 1 to 64.
+      - V(backup) and V(diff) read at most 4 kinds at a time, and never more than this.
     type: int
     default: 8
   validate_certs:
