@@ -20,6 +20,8 @@ import pytest
 import yaml
 
 from tests.harness import kwok
+from tests.harness.fixtures import _Services
+from tests.harness.services import PostgresServer
 from tests.harness.collection import REPO, run_playbook
 from tests.harness.k8s import wait_for
 from tests.harness.platforms import workload_body
@@ -43,6 +45,17 @@ class Platform(t.NamedTuple):
     report: Path
 
 
+@pytest.fixture(scope="module")
+def postgres(harness_dir: Path) -> t.Iterator[PostgresServer]:
+    """A PostgreSQL of this module's own: the opening health check judges the whole server (replication,
+    slots, prepared transactions), and other tests leave such states on the session's shared server."""
+    services = _Services(harness_dir)
+    try:
+        yield services.add(PostgresServer(services.workdir("pg-maintenance-window")))
+    finally:
+        services.stop_all()
+
+
 @pytest.fixture
 def platform(tmp_path, postgres, kube_cluster, kube_admin, kube_namespace, age_key) -> t.Iterator[Platform]:
     ns = kube_namespace
@@ -62,6 +75,9 @@ def platform(tmp_path, postgres, kube_cluster, kube_admin, kube_namespace, age_k
     name = "mw-%s" % ns
     described = {
         "name": name, "kubernetes": kube_cluster.auth(), "namespaces": [ns],
+        # Nodes are the session cluster's, shared with tests that cordon and drain them: the opening
+        # check judges this platform's namespace only.
+        "health": {"checks": ["workloads", "pods", "services", "pvcs", "events", "certificates", "jobs"]},
         "workloads": [{"kind": "Deployment", "name": "auth-service", "wait_timeout": 20, "restart_in_window": True}],
         "databases": [{"name": db, "connection": postgres.login,
                        "purge": [{"table": "audit_events", "column": "at", "older_than": "90d"}]}],
