@@ -118,20 +118,25 @@ def _start_module(name: str, args: dict) -> subprocess.Popen:
     return proc
 
 
-def test_killed_mid_run_leaves_whole_batches_and_resumes(postgres):
-    db = _db(postgres)
-    _audit_logs(postgres, db)
-    args = _args(postgres, db, batch_size=500, pause="0.1s")
+def _killed_after(postgres, db: str, args: dict, rows: int, total: int = OLD + NEW) -> int:
+    """Start a purge of a table of ``total`` rows, SIGKILL it once about ``rows`` are gone; the rows it had deleted."""
     proc = _start_module("pg_purge", args)
     try:
         deadline = time.monotonic() + 30
-        while _count(postgres, db) > OLD + NEW - 2000 and time.monotonic() < deadline:
+        while _count(postgres, db) > total - rows and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         os.unlink(proc.args_file)  # type: ignore[attr-defined]
-    deleted_before_kill = OLD + NEW - _count(postgres, db)
+    return total - _count(postgres, db)
+
+
+def test_killed_mid_run_leaves_whole_batches_and_resumes(postgres):
+    db = _db(postgres)
+    _audit_logs(postgres, db)
+    args = _args(postgres, db, batch_size=500, pause="0.1s")
+    deleted_before_kill = _killed_after(postgres, db, args, 2000)
     assert 0 < deleted_before_kill < OLD
     assert deleted_before_kill % 500 == 0  # only whole batches
     resumed = run_module("pg_purge", dict(args, pause="0s"))

@@ -6,8 +6,6 @@ is judged again and kept when it no longer matches; without batch_size the size 
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 
@@ -15,7 +13,7 @@ import psycopg
 
 from ansible_collections.runbook.ops.plugins.module_utils._pg_purge import next_batch_size
 from tests.harness.collection import run_module
-from tests.integration.test_pg_purge import _args, _count, _db, _start_module
+from tests.integration.test_pg_purge import _args, _count, _db, _killed_after
 
 OLD = 10000
 NEW = 3000
@@ -61,16 +59,7 @@ def test_killed_run_on_equal_timestamps_resumes_to_exactly_the_matching_rows(pos
     db = _db(postgres)
     _duplicates(postgres, db)
     args = _args(postgres, db, batch_size=250, pause="0.1s")
-    proc = _start_module("pg_purge", args)
-    try:
-        deadline = time.monotonic() + 30
-        while _count(postgres, db) > OLD + NEW - 1500 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        os.unlink(proc.args_file)  # type: ignore[attr-defined]
-    deleted_before_kill = OLD + NEW - _count(postgres, db)
+    deleted_before_kill = _killed_after(postgres, db, args, 1500, OLD + NEW)
     assert 0 < deleted_before_kill < OLD and deleted_before_kill % 250 == 0  # whole batches only
     resumed = run_module("pg_purge", dict(args, pause="0s"))
     assert not resumed.get("failed"), resumed
