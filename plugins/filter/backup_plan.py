@@ -16,6 +16,7 @@ import typing as t
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, parse_duration, parse_time, utcnow
 from ansible_collections.runbook.ops.plugins.module_utils._findings import finding
 from ansible_collections.runbook.ops.plugins.module_utils._names import human_bytes
 
@@ -33,6 +34,8 @@ VERIFY_LEVELS: t.Dict[str, t.Dict[str, t.Optional[str]]] = {
     "kubernetes": {"none": None, "checksum": "backup_repo", "decrypt": "backup_repo"},
 }
 DEFAULT_LEVELS = {"postgresql": "archive", "redis": "rdb", "kubernetes": "decrypt"}
+# The kinds whose data gets a canary (runbook.ops.data_canary) right before its backup.
+CANARY_KINDS = ("postgresql", "redis")
 _SOURCE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -101,6 +104,34 @@ def backup_plan(platform: t.Any, levels: t.Any = None, kinds: t.Any = None, sets
                                      % (", ".join(missing), platform["name"], ", ".join(sorted(known)) or "none"))
         entries = [entry for entry in entries if entry["set"] in sets]
     return _with_sources(entries)
+
+
+def backup_due(plan: t.Any, listings: t.Any = None, max_age: t.Any = "", now: t.Any = None) -> t.List[Json]:
+    """The PostgreSQL and Redis entries of the plan whose backup is due, judged as ``pg_backup`` and
+    ``redis_snapshot`` judge ``max_age`` (the newest complete backup finished at least that long ago), from
+    ``backup_repo_info`` results registered per set. A set whose listing failed counts as due: its canary
+    costs one row, and the backup task reports the repository's failure itself."""
+    if not isinstance(plan, list):
+        raise AnsibleFilterError("backup_due expects the plan made by runbook.ops.backup_plan")
+    try:
+        seconds = parse_duration(str(max_age) if max_age not in (None, "") else None, "max_age")
+        moment = parse_time(now, "now") if now else utcnow()
+    except RunbookError as exc:
+        raise AnsibleFilterError("backup_due: %s" % exc.msg)
+    listed = _by_set([listings] if isinstance(listings, t.Mapping) else listings)
+    due = []
+    for entry in plan:
+        if entry["kind"] not in CANARY_KINDS:
+            continue
+        result = listed.get((entry["kind"], entry["set"]))
+        backups = (result or {}).get("backups") or []
+        if seconds and result is not None and not result.get("failed") and backups:
+            newest = backups[0]
+            age = (moment - parse_time(newest.get("finished") or newest["created"], "finished")).total_seconds()
+            if age < seconds:
+                continue
+        due.append(entry)
+    return due
 
 
 # ------------------------------------------------------------------------------------------ outcome
@@ -205,12 +236,23 @@ def _freshness(registered: t.Any) -> t.Dict[str, Json]:
     return ages
 
 
+def _canary_state(record: Json, result: t.Optional[Json]) -> None:
+    """A canary that could not be written is a warning, never a failed backup."""
+    if result is None:
+        return
+    if result.get("failed"):
+        record["canary_error"] = _message(result)
+    elif result.get("written_at"):
+        record["canary_written_at"] = result["written_at"]
+
+
 def backup_outcome(plan: t.Any, backups: t.Any = None, verifications: t.Any = None, prunes: t.Any = None,
-                   freshness: t.Any = None) -> t.List[Json]:
+                   freshness: t.Any = None, canaries: t.Any = None) -> t.List[Json]:
     """One record per planned set from the registered results of each phase (loops, possibly async)."""
     if not isinstance(plan, list):
         raise AnsibleFilterError("backup_outcome expects the plan made by runbook.ops.backup_plan")
     taken, verified, pruned = _by_set(backups), _by_set(verifications), _by_set(prunes)
+    written = _by_set(canaries)
     ages = _freshness(freshness)
     records = []
     for entry in plan:
@@ -221,7 +263,8 @@ def backup_outcome(plan: t.Any, backups: t.Any = None, verifications: t.Any = No
                         "check_mode": False, "failed": False, "failed_stage": None, "error": "", "message": "", "size": None,
                         "duration_s": None, "verified": None, "verify_level": entry["verify_level"],
                         "verify_with": entry["verify_with"], "retention_applied": False, "pruned": [], "kept": None,
-                        "age_s": None}
+                        "age_s": None, "canary_written_at": None, "canary_error": None}
+        _canary_state(record, written.get(key))
         _backup_state(record, taken.get(key))
         _verify_state(record, verified.get(key))
         _prune_state(record, pruned.get(key))
@@ -294,6 +337,17 @@ def _retention_finding(record: Json, failed_sets: t.List[str], prune: bool) -> t
     return None
 
 
+def _canary_finding(record: Json) -> t.Optional[Json]:
+    obj = "Canary/%s/%s" % (record["kind"], record["set"])
+    if record.get("canary_error"):
+        return finding("warning", "backup_canary", obj, "no canary was written before the backup, so a restore of it "
+                       "cannot prove its recovery point: %s" % record["canary_error"])
+    if record.get("canary_written_at"):
+        return finding("ok", "backup_canary", obj, "canary written at %s, right before the backup"
+                       % record["canary_written_at"], {"written_at": record["canary_written_at"]})
+    return None
+
+
 def backup_report_sections(records: t.Any, interval: t.Any = "", prune: t.Any = True) -> t.List[Json]:
     """``runbook.ops.findings_report`` sections, one per set: the backup, its verification and retention."""
     if not isinstance(records, list):
@@ -305,7 +359,7 @@ def backup_report_sections(records: t.Any, interval: t.Any = "", prune: t.Any = 
     failed_sets = [record["set"] for record in records if record["failed"]]
     sections = []
     for record in records:
-        found = [_run_finding(record, str(interval or "")), _verify_finding(record),
+        found = [_canary_finding(record), _run_finding(record, str(interval or "")), _verify_finding(record),
                  _retention_finding(record, failed_sets, bool(prune))]
         sections.append({"name": "%s %s" % (KIND_TITLES.get(record["kind"], record["kind"]), record["set"]),
                          "source": record["source"], "findings": [item for item in found if item is not None]})
@@ -331,5 +385,5 @@ class FilterModule:
     """runbook.ops backup run filters."""
 
     def filters(self) -> t.Dict[str, t.Callable[..., t.Any]]:
-        return {"backup_plan": backup_plan, "backup_outcome": backup_outcome,
+        return {"backup_plan": backup_plan, "backup_due": backup_due, "backup_outcome": backup_outcome,
                 "backup_report_sections": backup_report_sections, "backup_metrics": backup_metrics}

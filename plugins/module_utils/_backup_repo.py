@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import typing as t
 
+from ansible_collections.runbook.ops.plugins.module_utils import _custody as custody
 from ansible_collections.runbook.ops.plugins.module_utils._backup_job import verified_entry
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     Result, RunbookError, Task, options_from, parse_duration, parse_time, utcnow)
@@ -183,9 +184,15 @@ def _selected(repo: Repository, opts: BackupRepoOptions) -> t.List[Json]:
     return manifests
 
 
-def _verified(repo: Repository, manifest: Json, identities: t.Sequence[t.Any]) -> Json:
-    checked = repo.verify(manifest, identities)
+def _verified(repo: Repository, manifest: Json, identities: t.Sequence[t.Any], check_mode: bool = False) -> Json:
     details = {"objects": len(manifest.get("objects", [])), "stored_bytes": manifest.get("size", 0)}
+    if manifest["kind"] == "evidence" and custody.has_custody(manifest):
+        # Evidence: re-prove its chain of custody too, and record this access in it (not in check mode).
+        checked = custody.reprove_and_record(repo, manifest, identities, by="backup_repo state=verify",
+                                             who=custody.collector(), record=not check_mode)
+        details["custody_records"] = checked["records"]
+    else:
+        checked = repo.verify(manifest, identities)
     if checked["level"] == "decrypt":
         details["raw_bytes"] = manifest.get("raw_size", 0)
     return verified_entry(manifest, checked["level"], checked["problems"], **details)
@@ -193,7 +200,7 @@ def _verified(repo: Repository, manifest: Json, identities: t.Sequence[t.Any]) -
 
 def verify_backups(task: Task[BackupRepoOptions], repo: Repository) -> Result:
     repo.backend.require_exists()
-    verified = [_verified(repo, manifest, task.options.identities) for manifest in _selected(repo, task.options)]
+    verified = [_verified(repo, manifest, task.options.identities, task.check_mode) for manifest in _selected(repo, task.options)]
     findings = [finding("ok" if v["ok"] else "critical", "backup_verify", _ref(v),
                         "verified (%s)" % v["level"] if v["ok"] else "; ".join(v["problems"]), {"level": v["level"]})
                 for v in verified]

@@ -325,15 +325,34 @@ def digest(line: bytes) -> str:
 # Restoring
 
 
+# Set by the volume controller on a bound claim; a copy carrying them would claim to be bound.
+_BINDING_ANNOTATIONS = ("pv.kubernetes.io/bind-completed", "pv.kubernetes.io/bound-by-controller",
+                        "volume.kubernetes.io/selected-node")
+
+
+def _unbind_claim(claim: K8sObject) -> None:
+    """A claim copied into another namespace asks for a volume of its own: the original's volume is
+    bound to the original claim, so keeping ``volumeName`` would leave the copy pending forever."""
+    (claim.get("spec") or {}).pop("volumeName", None)
+    annotations = meta(claim).get("annotations") or {}
+    for key in _BINDING_ANNOTATIONS:
+        annotations.pop(key, None)
+    if not annotations:
+        meta(claim).pop("annotations", None)
+
+
 def map_namespaces(obj: K8sObject, mapping: t.Mapping[str, str]) -> K8sObject:
     """``obj`` moved into the mapped namespaces: its own namespace, a Namespace's name, the
-    namespaces of binding subjects and of a PersistentVolume's claim."""
+    namespaces of binding subjects and of a PersistentVolume's claim; a claim moved loses its
+    binding to the original's volume."""
     if not mapping:
         return obj
     body = copy.deepcopy(obj)
     metadata = meta(body)
     if metadata.get("namespace") in mapping:
         metadata["namespace"] = mapping[metadata["namespace"]]
+        if body.get("kind") == "PersistentVolumeClaim":
+            _unbind_claim(body)
     if body.get("kind") == "Namespace" and metadata.get("name") in mapping:
         metadata["name"] = mapping[metadata["name"]]
     for subject in body.get("subjects") or []:

@@ -83,7 +83,10 @@ class StoredState:
             home = metadata.get("name") if obj.get("kind") == "Namespace" else metadata.get("namespace")
             if namespaces and home is not None and home not in namespaces:
                 continue
-            if opts.kinds and not any(_type_of(obj, self.plural(obj) or "").matches(k) for k in opts.kinds):
+            kind = _type_of(obj, self.plural(obj) or "")
+            if opts.kinds and not any(kind.matches(k) for k in opts.kinds):
+                continue
+            if any(kind.matches(k) for k in opts.exclude_kinds):
                 continue
             chosen.append(obj)
         return chosen

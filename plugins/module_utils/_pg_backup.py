@@ -34,7 +34,7 @@ from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import (
     count_rows, create_database, database_facts, drop_database, list_tables, scratch_name, server_major)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import (
     PgConnection, PgConnectionOptions, open_endpoint)
-from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import Restore, RestoreOptions
+from ansible_collections.runbook.ops.plugins.module_utils._pg_restore import Restore, RestoreOptions, drop_scratch
 from ansible_collections.runbook.ops.plugins.module_utils._pg_tools import (
     ClientEnv, DumpFilters, Version, dump_argv, find_binary, run_tool)
 from ansible_collections.runbook.ops.plugins.module_utils._repository import (
@@ -106,6 +106,8 @@ def run_pg_backup(task: Task[PgBackupOptions]) -> Result:
     needs_server = opts.state != "verify" or opts.level == "restore"
     server = PgConnection(opts.connection, APPLICATION,
                           endpoint=open_endpoint(task, opts.connection) if needs_server else None)
+    if opts.state == "dropped":
+        return _not_a_restore(drop_scratch(server, opts.restore.target_db, task.check_mode))
     repo = task.client(Repository.from_options)
     if opts.state == "backup":
         return Backup(task, server, repo).run()

@@ -162,6 +162,23 @@ def drop_database(cur: "psycopg.Cursor[t.Any]", name: str) -> None:
     cur.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % quote_ident(name))
 
 
+# The comment that marks a database as a scratch restore (a drill's copy): only such a database
+# is ever dropped by ``pg_backup state=dropped``.
+SCRATCH_COMMENT_PREFIX = "runbook.ops scratch restore"
+
+
+def mark_scratch(cur: "psycopg.Cursor[t.Any]", name: str, backup_id: str) -> None:
+    # COMMENT takes no bind parameters: the text is a quoted literal (backup ids are plain already).
+    text = "%s of backup %s" % (SCRATCH_COMMENT_PREFIX, backup_id)
+    cur.execute("COMMENT ON DATABASE %s IS '%s'" % (quote_ident(name), text.replace("'", "''")))
+
+
+def database_comment(cur: "psycopg.Cursor[t.Any]", name: str) -> t.Optional[str]:
+    cur.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,))
+    row = cur.fetchone()
+    return None if row is None else (row[0] or "")
+
+
 def rename_database(cur: "psycopg.Cursor[t.Any]", name: str, new_name: str) -> None:
     cur.execute("ALTER DATABASE %s RENAME TO %s" % (quote_ident(name), quote_ident(new_name)))
 

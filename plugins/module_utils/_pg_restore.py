@@ -23,8 +23,9 @@ from ansible_collections.runbook.ops.plugins.module_utils._backup_job import thr
 from ansible_collections.runbook.ops.plugins.module_utils._common import Result, RunbookError, Stopwatch, options_from
 from ansible_collections.runbook.ops.plugins.module_utils._pg_archive import StoredBackup
 from ansible_collections.runbook.ops.plugins.module_utils._pg_catalog import (
-    allow_connections, create_database, database_exists, describe_sessions, drop_database, previous_name,
-    rename_database, role_exists, scratch_name, server_major, sessions_on, terminate_sessions)
+    SCRATCH_COMMENT_PREFIX, allow_connections, create_database, database_comment, database_exists, describe_sessions,
+    drop_database, mark_scratch, previous_name, rename_database, role_exists, scratch_name, server_major, sessions_on,
+    terminate_sessions)
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import PgConnection, import_psycopg
 from ansible_collections.runbook.ops.plugins.module_utils._pg_tools import RestoreFlags
 
@@ -47,9 +48,13 @@ class RestoreOptions:
     role: t.Optional[str]
     verify_first: bool
     terminate_connections: bool
+    scratch: bool
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "RestoreOptions":
+        if params["scratch"] and (params["state"] != "restore" or params["mode"] != "new"):
+            raise RunbookError("scratch=true needs state=restore and mode=new: only a database the restore creates "
+                               "may be marked as a scratch copy")
         return options_from(cls, params, target_db=params["target_db"] or params["db"])
 
     def flags(self, clean: bool = False) -> RestoreFlags:
@@ -184,6 +189,8 @@ class Restore:
     def _restore_new(self, cur: "psycopg.Cursor[t.Any]", pg_restore: str) -> t.Dict[str, t.Any]:
         create_database(cur, self.target, self.stored.source, self._owner(cur))
         try:
+            if self.options.scratch:
+                mark_scratch(cur, self.target, self.stored.id)
             self._restore_into(self.target, pg_restore)
             return self._verified_counts(self.target)
         except RunbookError as exc:
@@ -257,3 +264,26 @@ class Restore:
             if terminate:
                 allow_connections(cur, self.target, True)
             raise
+
+
+def drop_scratch(server: PgConnection, name: str, check_mode: bool) -> Result:
+    """``state=dropped``: drop ``name`` only when a scratch restore made it (its comment says so);
+    any other database is refused untouched, so a wrong name can never drop live data."""
+    connection = server.maintenance()
+    try:
+        cur = connection.cursor()
+        comment = database_comment(cur, name)
+        if comment is None:
+            return {"changed": False, "dropped_db": None,
+                    "msg": 'database "%s" does not exist on %s; nothing to drop' % (name, server.where)}
+        if not comment.startswith(SCRATCH_COMMENT_PREFIX):
+            raise RunbookError('database "%s" on %s is not a scratch restore (its comment does not say so); '
+                               "it was not dropped" % (name, server.where))
+        result: Result = {"changed": True, "dropped_db": name,
+                          "diff": {"before": {"database": name}, "after": {"database": None}}}
+        if check_mode:
+            return dict(result, msg='would drop scratch database "%s" on %s' % (name, server.where))
+        drop_database(cur, name)
+    finally:
+        connection.close()
+    return dict(result, msg='dropped scratch database "%s" on %s' % (name, server.where))

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import (
     RunbookError, isoformat, parse_duration, parse_time, utcnow)
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._names import backup_id as check_backup_id
 from ansible_collections.runbook.ops.plugins.module_utils._names import path_segment, trusted_manifest
 from ansible_collections.runbook.ops.plugins.module_utils._retention import apply_retention
@@ -35,7 +36,7 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 FORMAT_VERSION = 1
 TOOL_VERSION = "0.1.0"
-KINDS = ("postgresql", "redis", "kubernetes", "evidence")
+KINDS = ("postgresql", "redis", "kubernetes", "evidence", "drill")
 Json = t.Dict[str, t.Any]
 """A manifest, a summary or an option mapping: JSON-shaped data."""
 DEFAULT_REPOSITORY = "file:///var/backups/runbook"
@@ -62,13 +63,16 @@ def part_size(number: int, base_part: int = S3_MIN_PART) -> int:
 
 def repository_argspec() -> Json:
     """Options shared by every module that reads or writes the repository."""
+    # The S3 settings fall back to the AWS SDK's variables (what an AWX credential injects). The
+    # repository URL has no environment default: it is where prunes and restores act.
     return dict(
         repository=dict(type="str", default=DEFAULT_REPOSITORY),
-        s3_endpoint_url=dict(type="str"),
-        region=dict(type="str", aliases=["aws_region"]),
-        access_key=dict(type="str", aliases=["aws_access_key_id"], no_log=True),
-        secret_key=dict(type="str", aliases=["aws_secret_access_key"], no_log=True),
-        session_token=dict(type="str", aliases=["aws_session_token"], no_log=True),
+        s3_endpoint_url=dict(type="str", fallback=env_default("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")),
+        region=dict(type="str", aliases=["aws_region"], fallback=env_default("AWS_REGION", "AWS_DEFAULT_REGION")),
+        access_key=dict(type="str", aliases=["aws_access_key_id"], no_log=True, fallback=env_default("AWS_ACCESS_KEY_ID")),
+        secret_key=dict(type="str", aliases=["aws_secret_access_key"], no_log=True,
+                        fallback=env_default("AWS_SECRET_ACCESS_KEY")),
+        session_token=dict(type="str", aliases=["aws_session_token"], no_log=True, fallback=env_default("AWS_SESSION_TOKEN")),
         profile=dict(type="str", aliases=["aws_profile"]),
         s3_sse=dict(type="str", choices=["none", "AES256", "aws:kms"], default="none"),
         s3_kms_key_id=dict(type="str"),
@@ -77,8 +81,12 @@ def repository_argspec() -> Json:
     )
 
 
+IDENTITY_FILE_VARIABLE = "RUNBOOK_AGE_IDENTITY_FILE"
+"""The environment variable naming the age identity file (an AWX ``file`` injector's path)."""
+
+
 def encryption_identity_argspec() -> Json:
-    return dict(encryption_identity=dict(type="str", no_log=True))
+    return dict(encryption_identity=dict(type="str", no_log=True, fallback=env_default(IDENTITY_FILE_VARIABLE)))
 
 
 def new_backup_id(now: t.Optional[datetime.datetime] = None) -> str:
@@ -600,6 +608,13 @@ class BackupWriter:
         self.objects.append(entry)
         return entry
 
+    def add_sidecar(self, name: str, data: bytes) -> None:
+        """Store ``data`` as is beside the objects, unlisted in the manifest because it may grow later
+        (evidence's ``custody.jsonl``); removed with the backup when it is aborted."""
+        key = "%s/%s" % (self.prefix, path_segment("object name", name))
+        self.repo.backend.put_bytes(key, data)
+        self._written.append(key)
+
     def commit(self, source: t.Optional[Json] = None, fmt: str = "", compression: t.Optional[Json] = None,
                extra: t.Optional[Json] = None) -> Json:
         """Write the manifest (the commit marker). ``compression`` describes the settings used
@@ -829,6 +844,17 @@ class Repository:
                           expected_size=entry.get("size"), object_name=entry["name"])
         finally:
             reader.close()
+
+    def read_sidecar(self, manifest: Json, name: str) -> t.Optional[bytes]:
+        """A sidecar object of the backup (see :meth:`BackupWriter.add_sidecar`); None when absent."""
+        try:
+            return self.backend.get_bytes(self.object_key(manifest, name))
+        except (OSError, RunbookError):
+            return None
+
+    def write_sidecar(self, manifest: Json, name: str, data: bytes) -> None:
+        """Replace a sidecar object whole (a file repository renames it into place)."""
+        self.backend.put_bytes(self.object_key(manifest, name), data)
 
     def delete_backup(self, manifest: Json) -> None:
         """Manifest first: an interrupted delete leaves an incomplete backup, never a broken complete one."""

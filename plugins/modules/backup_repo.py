@@ -17,6 +17,8 @@ description:
     never restored, verified or counted by retention.
   - V(verify) re-reads every object and compares its size and sha256 with the manifest; with
     O(encryption_identity) it also proves that the data decrypts and decompresses to the end.
+  - For backups of kind C(evidence), V(verify) also re-proves their chain of custody (see
+    M(runbook.ops.k8s_evidence)) and appends a C(verified) record to their C(custody.jsonl) (not in check mode).
   - V(prune) applies a retention policy per set with restic C(forget) meaning and never removes the
     newest complete backup of a set. V(cleanup) removes incomplete backups and aborts unfinished S3
     multipart uploads older than O(older_than).
@@ -49,7 +51,7 @@ options:
   kind:
     description: Only backups of this kind.
     type: str
-    choices: [postgresql, redis, kubernetes, evidence]
+    choices: [postgresql, redis, kubernetes, evidence, drill]
   set:
     description: Only backups of this set (needs O(kind)).
     type: str
@@ -169,6 +171,7 @@ verified:
       description:
         - Facts of the check, C(objects) (objects read) and C(stored_bytes) (bytes read as stored);
           at level V(decrypt) also C(raw_bytes) (the plain size the manifest records).
+        - For evidence, also C(custody_records) (the records of its custody log, this access included).
       type: dict
       sample: {objects: 1, stored_bytes: 208123904, raw_bytes: 851443712}
 pruned:

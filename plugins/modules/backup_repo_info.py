@@ -32,7 +32,7 @@ options:
   kind:
     description: Only backups of this kind.
     type: str
-    choices: [postgresql, redis, kubernetes, evidence]
+    choices: [postgresql, redis, kubernetes, evidence, drill]
   set:
     description: Only backups of this set (needs O(kind)).
     type: str

@@ -79,7 +79,10 @@ options:
     elements: str
     default: []
   exclude_kinds:
-    description: Kinds never backed up, named as in O(kinds).
+    description:
+      - Kinds never backed up, named as in O(kinds).
+      - For V(restore), kinds of the backup left out of this restore (a restore in stages restores the
+        configuration first and the workloads after the data).
     type: list
     elements: str
     default: []
@@ -134,6 +137,8 @@ options:
     description:
       - Verify the TLS certificates of the Kubernetes API server and of O(s3_endpoint_url).
       - Empty means what the kubeconfig says for the API server, and verification for the repository.
+      - The environment variable E(K8S_AUTH_VERIFY_SSL) is used when this is not set; AWX's Kubernetes credential
+        sets it to V(False) when it holds no CA certificate, which turns verification off for the repository too.
     type: bool
     aliases: [verify_ssl]
     default: null

@@ -154,22 +154,32 @@ options:
         type: str
         default: file:///var/backups/runbook
       s3_endpoint_url:
-        description: URL of an S3-compatible endpoint; empty means AWS.
+        description:
+          - URL of an S3-compatible endpoint; empty means AWS.
+          - The environment variable E(AWS_ENDPOINT_URL_S3), else E(AWS_ENDPOINT_URL), is used when this is not set.
         type: str
       region:
-        description: The S3 region.
+        description:
+          - The S3 region.
+          - The environment variable E(AWS_REGION), else E(AWS_DEFAULT_REGION), is used when this is not set.
         type: str
         aliases: [aws_region]
       access_key:
-        description: S3 access key id, given together with O(evidence.secret_key); when empty the usual AWS sources apply.
+        description:
+          - S3 access key id, given together with O(evidence.secret_key); when empty the usual AWS sources apply.
+          - The environment variable E(AWS_ACCESS_KEY_ID) is used when this is not set.
         type: str
         aliases: [aws_access_key_id]
       secret_key:
-        description: S3 secret access key, given together with O(evidence.access_key).
+        description:
+          - S3 secret access key, given together with O(evidence.access_key).
+          - The environment variable E(AWS_SECRET_ACCESS_KEY) is used when this is not set.
         type: str
         aliases: [aws_secret_access_key]
       session_token:
-        description: S3 session token.
+        description:
+          - S3 session token.
+          - The environment variable E(AWS_SESSION_TOKEN) is used when this is not set.
         type: str
         aliases: [aws_session_token]
       profile:

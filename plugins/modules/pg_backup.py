@@ -65,9 +65,12 @@ options:
     type: str
     required: true
   state:
-    description: What to do.
+    description:
+      - What to do.
+      - V(dropped) drops O(target_db) (or O(db)) only when a restore with O(scratch=true) made it (its database comment
+        says so); any other database is refused untouched. A database that does not exist is not a change.
     type: str
-    choices: [backup, restore, verify]
+    choices: [backup, restore, verify, dropped]
     default: backup
   format:
     description:
@@ -136,6 +139,12 @@ options:
     type: str
     choices: [new, swap, clean]
     default: swap
+  scratch:
+    description:
+      - With O(mode=new), mark the restored database as a scratch copy (a drill's) with a database comment, so that
+        O(state=dropped) may drop it later. Needs O(mode=new).
+    type: bool
+    default: false
   keep_previous:
     description: With O(mode=swap), keep the replaced database as C(<target_db>_pre_<backup_id>); false drops it after the swap.
     type: bool
@@ -275,6 +284,10 @@ restored_db:
   returned: always
   type: str
   sample: auth_service
+dropped_db:
+  description: For O(state=dropped), the scratch database dropped (or that would be in check mode); null when it did not exist.
+  returned: when O(state=dropped)
+  type: str
 previous_db:
   description: With O(mode=swap) and O(keep_previous), the name the replaced database was renamed to; null otherwise.
   returned: always
@@ -359,7 +372,7 @@ def module_args() -> t.Dict[str, t.Any]:
     spec.update(backup_job_argspec())
     spec.update(
         db=dict(type="str", required=True),
-        state=dict(type="str", choices=["backup", "restore", "verify"], default="backup"),
+        state=dict(type="str", choices=["backup", "restore", "verify", "dropped"], default="backup"),
         format=dict(type="str", choices=["custom", "directory"], default="custom"),
         jobs=dict(type="int", default=1),
         spool_dir=dict(type="path"),
@@ -376,6 +389,7 @@ def module_args() -> t.Dict[str, t.Any]:
         role=dict(type="str"),
         verify_first=dict(type="bool", default=True),
         terminate_connections=dict(type="bool", default=False),
+        scratch=dict(type="bool", default=False),
         level=dict(type="str", choices=["checksum", "archive", "restore"], default="archive"),
     )
     return dict(argument_spec=spec, supports_check_mode=True, sensitive=[tunnel_kubeconfig_secrets])

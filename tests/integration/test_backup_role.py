@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import typing as t
 from pathlib import Path
@@ -21,8 +20,9 @@ import yaml
 
 from ansible_collections.runbook.ops.plugins.module_utils import _repository
 from ansible_collections.runbook.ops.plugins.module_utils._repository import Repository
-from tests.harness.collection import REPO, ansible_env, run_module, run_playbook
+from tests.harness.collection import REPO, run_module, run_playbook
 from tests.harness.proxy import FaultProxy
+from tests.harness.private_lab import lab_command
 
 PLATFORMS = ("rust-security", "hungryhippaahneties", "personapass")
 KINDS = ("postgresql", "redis", "kubernetes")
@@ -55,19 +55,16 @@ def lab() -> t.Iterator[Lab]:
     (inventory / "hosts.yml").symlink_to(source / "hosts.yml")
     (inventory / "host_vars").symlink_to(source / "host_vars", target_is_directory=True)
     facts_file = inventory / "group_vars" / "all" / "lab.yml"
-    env = ansible_env({"RUNBOOK_LAB_DIR": str(work / "lab"), "RUNBOOK_LAB_VARS": str(facts_file),
-                       "RUNBOOK_LAB_SCALE": "0.05"})
 
-    def lab_command(action: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tests.harness.lab", action], cwd=str(REPO), env=env,
-                              capture_output=True, text=True, timeout=900, check=False)
+    def run_lab(action: str) -> subprocess.CompletedProcess:
+        return lab_command(action, work / "lab", facts_file, scale="0.05", check=False)
 
     try:
-        started = lab_command("up")
+        started = run_lab("up")
         assert started.returncode == 0, started.stdout + started.stderr
         yield Lab(inventory, yaml.safe_load(facts_file.read_text()), work)
     finally:
-        lab_command("down")
+        run_lab("down")
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -138,6 +135,8 @@ def test_second_run_in_a_row_does_nothing_because_every_set_is_fresh(lab: Lab) -
     assert {v["level"] for v in verified["verified"]} == {"decrypt"}
     report = (reports / "rust-security-backup.md").read_text()
     assert "taken (" in report and "verified (archive)" in report and "verified (rdb)" in report
+    assert "canary written at" in report
+    _canary_is_in_the_restored_backup(lab, results["rust-security"])
 
     second, again, reports = run_backup(lab, "second")
     assert second.returncode == 0, second.stdout[-6000:]
@@ -153,6 +152,27 @@ def test_second_run_in_a_row_does_nothing_because_every_set_is_fresh(lab: Lab) -
     assert "(due every 5h30m)" in report
     metrics = (reports / "personapass-backup.prom").read_text()
     assert re.search(r'runbook_backup_age_seconds\{[^}]*kind="redis",set="personapass-redis"\} \d+', metrics), metrics
+
+
+def _canary_is_in_the_restored_backup(lab: Lab, records: t.List[dict]) -> None:
+    """Every PostgreSQL and Redis backup taken was preceded by a canary; the PostgreSQL backup, restored into a
+    scratch database, holds exactly that canary (the data time a drill measures its RPO from)."""
+    for record in records:
+        if record["kind"] in ("postgresql", "redis"):
+            assert record["canary_written_at"] and record["canary_error"] is None, record
+    pg = next(record for record in records if record["kind"] == "postgresql")
+    login = dict(lab.facts["lab_pg_login"])
+    scratch = "canary_check_%s" % pg["backup_id"][-6:]
+    restored = run_module("pg_backup", dict(login, **lab.repository, state="restore", db=pg["name"], set=pg["set"],
+                                            backup_id=pg["backup_id"], mode="new", scratch=True, target_db=scratch,
+                                            encryption_identity=lab.identity))
+    assert not restored.get("failed"), restored
+    try:
+        read = run_module("data_canary", dict(login, service="postgresql", db=scratch, state="read"))
+        assert read.get("found") and read["written_at"] == pg["canary_written_at"], read
+    finally:
+        dropped = run_module("pg_backup", dict(login, state="dropped", db=pg["name"], target_db=scratch))
+        assert not dropped.get("failed"), dropped
 
 
 # ------------------------------------------------------------------------------------------------

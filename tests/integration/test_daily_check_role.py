@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import typing as t
 import xml.etree.ElementTree as ET
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.collection import REPO, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, KubeCluster
+from tests.harness.private_lab import lab_command
 
 PLATFORMS = ("rust-security", "hungryhippaahneties", "personapass")
 FORMATS = {"markdown": "md", "html": "html", "json": "json", "junit": "xml", "prometheus": "prom"}
@@ -68,11 +68,7 @@ class Lab(t.NamedTuple):
 
 
 def _lab(action: str, root: Path, inventory: Path) -> None:
-    env = dict(os.environ, RUNBOOK_LAB_DIR=str(root / "lab"),
-               RUNBOOK_LAB_VARS=str(inventory / "group_vars" / "all" / "lab.yml"))
-    proc = subprocess.run([sys.executable, "-m", "tests.harness.lab", action], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lab_command(action, root / "lab", inventory / "group_vars" / "all" / "lab.yml", timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,11 @@ from tests.harness.k8s import deployment
 
 MODULES = sorted(path.stem for path in (REPO / "plugins" / "modules").glob("*.py") if path.stem != "__init__")
 KUBERNETES = {"k8s_backup", "k8s_health", "ns_isolate", "jwt_rotate", "cert_renew", "k8s_rollout", "k8s_node",
-              "pg_credential_rotate", "redis_credential_rotate"}
-JUDGES = {"k8s_health", "backup_repo", "backup_repo_info", "pg_health", "redis_health"}
-VERIFIES = {"pg_backup", "redis_snapshot", "backup_repo"}
+              "k8s_namespace", "pg_credential_rotate", "redis_credential_rotate", "ingress_block", "k8s_evidence"}
+JUDGES = {"k8s_health", "backup_repo", "backup_repo_info", "pg_health", "redis_health", "ingress_block", "dr_journal",
+          "k8s_evidence"}
+# dr_journal judges with state=finished, the only state run through the loops below.
+VERIFIES = {"pg_backup", "redis_snapshot", "backup_repo", "k8s_evidence"}
 PRUNES = {"pg_backup", "redis_snapshot", "backup_repo"}
 VERIFIED_ENTRY = {"backup_id", "kind", "set", "level", "ok", "problems", "details"}
 
@@ -108,9 +110,12 @@ def test_real_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, 
         ("jwt_rotate", dict(k8s, namespace=ns, secret_name="contract-keys", algorithm="ES256"), {}),
         ("cert_renew", dict(k8s, sources=[{"type": "certificate", "namespace": ns, "all": True}]), {}),
         ("ns_isolate", dict(k8s, namespace=ns, state="released"), {}),
+        ("k8s_evidence", dict(k8s, namespace=ns, incident_id="inc-1", include_nodes=False, **file_repository), {}),
+        ("ingress_block", dict(k8s, namespace=ns, incident_id="inc-1", state="released"), {}),
         ("k8s_backup", dict(k8s, namespaces=[ns], exclude_kinds=["Secret"], **file_repository), {}),
         ("k8s_rollout", dict(k8s, namespace=ns, action="status", all=True), {}),
         ("k8s_node", dict(k8s, label_selector="type=kwok", state="cordoned"), {"check_mode": True}),
+        ("k8s_namespace", dict(k8s, names=["contract-scratch"], owner="contract"), {"check_mode": True}),
         ("pg_credential_rotate", dict(k8s, **postgres.login, role="contract_app",
                                       secret={"namespace": ns, "name": "contract-pg"}), {}),
         ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
@@ -120,6 +125,15 @@ def test_real_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, 
             outputs={"json": str(tmp_path / "report.json")}), {}),
     ]
     seen = set()
+    journal = str(tmp_path / "drill.jsonl")
+    for step in (dict(state="started", platform="contract"), dict(state="phase", phase="validate", event="begin"),
+                 dict(state="phase", phase="validate", event="end")):
+        assert_common(run_module("dr_journal", dict(step, path=journal)), "dr_journal_steps", failed=False)
+    runs += [
+        ("dr_journal", dict(state="finished", path=journal, objectives={"rto": "1h"}, store=True, **file_repository,
+                            data_times=[{"source": "postgresql/postgres", "newest_at": "2026-01-01T00:00:00Z"}]), {}),
+        ("data_canary", dict(postgres.login, service="postgresql", db="postgres", table="contract_canary"), {}),
+    ]
     kube_cluster.client().create("apps/v1", "deployments", deployment("contract-app", ns))
     postgres.psql("DROP ROLE IF EXISTS contract_app; CREATE ROLE contract_app LOGIN PASSWORD 'contract-app-password'")
     for name, password in (("contract-pg", "contract-app-password"), ("contract-redis", REDIS_BACKUP_PASSWORD)):
@@ -132,7 +146,8 @@ def test_real_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, 
     assert seen == set(MODULES), "a module has no successful run here: %s" % (set(MODULES) - seen)
 
 
-def test_failed_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, redis_plain, file_repository):
+def test_failed_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres, redis_plain, file_repository,
+                                          tmp_path):
     k8s = kube_cluster.auth()
     missing = {"repository": file_repository["repository"] + "-missing"}
     runs = [
@@ -149,15 +164,26 @@ def test_failed_runs_speak_the_vocabulary(kube_cluster, kube_namespace, postgres
         ("cert_renew", dict(k8s, sources=[{"type": "certificate", "namespace": kube_namespace, "all": True}],
                             issuer={"type": "ca", "ca_cert": "not a certificate", "ca_key": "not a key"})),
         ("ns_isolate", dict(k8s, namespace="no-such-namespace", state="isolated", incident_id="inc-1")),
+        ("k8s_evidence", dict(k8s, state="verified", namespace=kube_namespace, **missing)),
+        ("ingress_block", dict(k8s, namespace=kube_namespace, incident_id="inc-1", state="ranked",
+                               log_sources=[{"label_selector": "app=no-such-app"}])),
         ("k8s_backup", dict(k8s, namespaces=[kube_namespace], state="restore", **missing)),
         ("k8s_rollout", dict(k8s, namespace=kube_namespace, action="restart", targets=["Deployment/no-such-app"])),
         ("k8s_node", dict(k8s, name="no-such-node", state="cordoned")),
+        ("k8s_namespace", dict(k8s, names=[kube_namespace], owner="contract", state="absent")),
         ("pg_credential_rotate", dict(k8s, **postgres.login, role="app",
                                       secret={"namespace": kube_namespace, "name": "no-such-secret"})),
         ("redis_credential_rotate", dict(k8s, **redis_plain.login, user="backup",
                                          secret={"namespace": kube_namespace, "name": "no-such-secret"})),
         ("findings_report", dict(title="Contract", sections=[{"name": "Cluster", "source": "k8s_health", "result": {}}],
                                  outputs={"json": "/no-such-directory/report.json"})),
+    ]
+    journal = str(tmp_path / "drill.jsonl")
+    run_module("dr_journal", dict(state="started", platform="contract", path=journal))
+    runs += [
+        # No phase validate and no data time: neither objective can be measured.
+        ("dr_journal", dict(state="finished", path=journal, objectives={"rto": "1h", "rpo": "1h"})),
+        ("data_canary", dict(redis_plain.login, service="redis", login_password="wrong-password")),
     ]
     for module, args in runs:
         result = run_module(module, args)

@@ -11,7 +11,7 @@ import yaml
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.runbook.ops.plugins.filter.backup_plan import (
-    backup_metrics, backup_outcome, backup_plan, backup_report_sections)
+    backup_due, backup_metrics, backup_outcome, backup_plan, backup_report_sections)
 from ansible_collections.runbook.ops.plugins.filter.platform_description import platform_description
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "roles/platform/meta/argument_specs.yml").read_text())
@@ -144,3 +144,42 @@ def test_nothing_to_back_up_is_said_not_hidden() -> None:
     sections = backup_report_sections([])
     assert sections[0]["findings"][0]["severity"] == "info"
     assert "nothing to back up" in sections[0]["findings"][0]["message"]
+
+
+def _listing(entry: dict, finished: t.Optional[str]) -> dict:
+    backups = [{"id": "b", "created": finished, "finished": finished}] if finished else []
+    return {"item": entry, "backups": backups, "changed": False}
+
+
+def test_only_the_postgresql_and_redis_sets_that_are_due_get_a_canary() -> None:
+    entries = plan()
+    pg, redis = entries[0], entries[1]
+    now = "2026-11-24T12:00:00Z"
+    listings = loop(_listing(pg, "2026-11-24T11:30:00Z"), _listing(redis, "2026-11-24T09:00:00Z"))
+    due = [e["kind"] for e in backup_due(entries, listings=listings, max_age="1h", now=now)]
+    assert due == ["redis"]  # PostgreSQL's newest backup is 30 min old; Kubernetes never gets a canary
+    assert [e["kind"] for e in backup_due(entries, listings=listings, max_age="0", now=now)] == ["postgresql", "redis"]
+    # No backup yet, or a listing that failed: due.
+    failed = loop(dict(_listing(pg, "2026-11-24T11:30:00Z"), failed=True, msg="bucket gone"), _listing(redis, None))
+    assert [e["kind"] for e in backup_due(entries, listings=failed, max_age="1h", now=now)] == ["postgresql", "redis"]
+    with pytest.raises(AnsibleFilterError, match="not a duration"):
+        backup_due(entries, listings=listings, max_age="soon")
+
+
+def test_a_failed_canary_is_a_warning_never_a_failed_set() -> None:
+    entries = plan()
+    backups = [loop(dict(item=entries[0], changed=True, backup_id="p1", manifest={"size": 1}),
+                    dict(item=entries[1], changed=True, backup_id="r1", manifest={"size": 1}),
+                    dict(item=entries[2], changed=True, backup_id="k1", manifest={"size": 1}))]
+    canaries = [loop(dict(item=entries[0], changed=True, written_at="2026-11-24T11:59:58Z", token="t")),
+                loop(dict(item=entries[1], failed=True, msg="NOPERM this user has no permissions to run 'set'"))]
+    records = backup_outcome(entries, backups=backups, canaries=canaries)
+    assert [r["failed"] for r in records] == [False, False, False]
+    assert records[0]["canary_written_at"] == "2026-11-24T11:59:58Z" and records[0]["canary_error"] is None
+    assert "NOPERM" in records[1]["canary_error"]
+    sections = backup_report_sections(records, prune=False)
+    canary = {s["source"]: [f for f in s["findings"] if f["check"] == "backup_canary"] for s in sections}
+    assert [f["severity"] for f in canary["postgresql.rust-security-auth_service"]] == ["ok"]
+    assert [f["severity"] for f in canary["redis.rust-security-redis"]] == ["warning"]
+    assert "NOPERM" in canary["redis.rust-security-redis"][0]["message"]
+    assert canary["kubernetes.rust-security-kubernetes"] == []

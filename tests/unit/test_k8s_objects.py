@@ -4,7 +4,7 @@ in tests/integration/test_k8s_backup_discovery.py)."""
 from __future__ import annotations
 
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_objects import (
-    ResourceType, _aggregated_types, _classic_versions)
+    ResourceType, _aggregated_types, _classic_versions, map_namespaces)
 
 ALL_VERBS = ("create", "delete", "get", "list", "patch", "update", "watch")
 
@@ -39,3 +39,16 @@ def test_classic_answers_give_their_group_versions():
         {"name": "apps", "preferredVersion": {"groupVersion": "apps/v1"}},
         {"name": "broken"},
         {"name": "autoscaling", "preferredVersion": {"groupVersion": "autoscaling/v2"}}]}) == ["apps/v1", "autoscaling/v2"]
+
+
+def test_a_claim_copied_into_another_namespace_asks_for_its_own_volume() -> None:
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "data-db-0", "namespace": "shop",
+                          "annotations": {"pv.kubernetes.io/bind-completed": "yes", "team": "db"}},
+             "spec": {"volumeName": "pv-1", "storageClassName": "fast", "accessModes": ["ReadWriteOnce"]}}
+    copied = map_namespaces(claim, {"shop": "shop-drill"})
+    assert copied["metadata"] == {"name": "data-db-0", "namespace": "shop-drill", "annotations": {"team": "db"}}
+    assert copied["spec"] == {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"]}
+    assert claim["spec"]["volumeName"] == "pv-1"  # the original is not changed
+    # Restored where it was, it keeps its volume.
+    assert map_namespaces(claim, {"other": "other-drill"})["spec"]["volumeName"] == "pv-1"

@@ -35,14 +35,15 @@ def described(**changes: t.Any) -> t.Dict[str, t.Any]:
 def test_defaults_come_from_the_specification() -> None:
     platform = described()
     assert platform["workloads"][0] == {"kind": "Deployment", "name": "auth-service", "namespace": "rust-security",
-                                        "wait_timeout": 300, "restart_in_window": False}
+                                        "wait_timeout": 300, "restart_in_window": False, "data_store": False}
     assert platform["workloads"][1]["namespace"] == "data"
     database = platform["databases"][0]
     assert database["set"] == "rust-security-auth_service"
     assert database["maintenance"]["vacuum_full_days"] == [1, 2, 3, 4, 5, 6, 7]
     assert database["purge"][0]["column"] == "created_at"
     assert platform["redis"][0]["set"] == "own-set"
-    assert platform["kubernetes_backup"] == {"enabled": True, "set": "rust-security-kubernetes", "options": {}}
+    assert platform["kubernetes_backup"] == {"enabled": True, "set": "rust-security-kubernetes", "options": {},
+                                             "restore_existing": "update"}
     assert platform["retention"]["redis"] == {"keep_last": 3}
     assert platform["retention"]["postgresql"] == platform["retention"]["default"] == {"keep_last": 7, "keep_daily": 14}
     assert platform["objectives"] == {"rto": "4h", "rpo": "24h"}
