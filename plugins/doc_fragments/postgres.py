@@ -17,16 +17,21 @@ options:
       - Host name or IP address of the PostgreSQL server (one server; a list of hosts, spaces, quotes or C(=)
         are refused).
       - Empty means a local Unix socket (see O(login_unix_socket)).
+      - The environment variable E(PGHOST) is used when this is not set.
     type: str
     default: ''
     aliases: [host]
   login_port:
-    description: TCP port of the server (also the number in the Unix socket's name), from 1 to 65535.
+    description:
+      - TCP port of the server (also the number in the Unix socket's name), from 1 to 65535.
+      - The environment variable E(PGPORT) is used when this is not set.
     type: int
     default: 5432
     aliases: [port]
   login_user:
-    description: The role to connect as; taken literally, at most 63 bytes, no control characters.
+    description:
+      - The role to connect as; taken literally, at most 63 bytes, no control characters.
+      - The environment variable E(PGUSER) is used when this is not set.
     type: str
     default: postgres
     aliases: [login]
@@ -45,6 +50,8 @@ options:
         C(<tmp>/runbook-pg-pass-<uid>/<pid>-<random>/), removed when the task ends; after a kill it remains
         there until the next run of a PostgreSQL task of the same user on that host removes it (or the
         temporary directory is cleaned).
+      - The environment variable E(PGPASSWORD) is used when this is not set; the client programs never get
+        that variable, only the password file.
     type: str
     default: ''
   login_unix_socket:
@@ -54,16 +61,37 @@ options:
     default: ''
     aliases: [unix_socket]
   ssl_mode:
-    description: libpq's C(sslmode) for every connection (the module's and the client tools').
+    description:
+      - libpq's C(sslmode) for every connection (the module's and the client tools').
+      - The environment variable E(PGSSLMODE) is used when this is not set.
     type: str
     default: prefer
     choices: [allow, disable, prefer, require, verify-ca, verify-full]
   ca_cert:
-    description: CA certificate file to verify the server with (libpq's C(sslrootcert)); always a file name.
+    description:
+      - CA certificate file to verify the server with (libpq's C(sslrootcert)); always a file name.
+      - The environment variable E(PGSSLROOTCERT) is used when this is not set.
     type: str
     aliases: [ssl_rootcert]
+  ssl_cert:
+    description:
+      - Client certificate file (PEM) for TLS client authentication (libpq's C(sslcert)), for the module's
+        connections and the client programs'.
+      - The environment variable E(PGSSLCERT) is used when this is not set.
+    type: str
+  ssl_key:
+    description:
+      - Private key file of O(ssl_cert) (libpq's C(sslkey)). libpq refuses a key file that group or others may
+        read; such a file (AWX writes the files of its credentials that way) is handed to libpq as a private
+        copy (an anonymous memory file on Linux) that lives as long as the task.
+      - The environment variable E(PGSSLKEY) is used when this is not set.
+    type: str
   connect_timeout:
     description: Seconds to wait for a connection, from 1 to 86400.
     type: int
     default: 10
+notes:
+  - An option whose description names an environment variable takes its value from there when the task
+    does not set it; an empty variable counts as unset. The collection's AWX credential types
+    (C(extensions/controller/credential_types.yml)) inject exactly these variables.
 """

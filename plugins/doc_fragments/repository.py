@@ -21,27 +21,37 @@ options:
         object names are plain names; any other is reported as incomplete (not trusted) and never deleted.
       - Reading a V(file://) repository whose directory does not exist is an error (a mistyped path must not
         read as "no backups"), as is a missing S3 bucket; the first backup creates the directory.
+      - No environment variable sets it. The repository is where prunes and restores act, so the task (the
+        platform description) always names it; it is never picked up from the job's environment.
     type: str
     default: file:///var/backups/runbook
   s3_endpoint_url:
     description:
       - URL of an S3-compatible endpoint, for example V(https://minio.example.com:9000). Empty means AWS.
+      - The environment variable E(AWS_ENDPOINT_URL_S3), else E(AWS_ENDPOINT_URL), is used when this is not set.
     type: str
   region:
-    description: The S3 region.
+    description:
+      - The S3 region.
+      - The environment variable E(AWS_REGION), else E(AWS_DEFAULT_REGION), is used when this is not set.
     type: str
     aliases: [aws_region]
   access_key:
     description:
-      - S3 access key id. When empty, the usual AWS sources apply (environment, O(profile), instance role).
+      - S3 access key id. When empty, the usual AWS sources apply (O(profile), instance role).
+      - The environment variable E(AWS_ACCESS_KEY_ID) is used when this is not set.
     type: str
     aliases: [aws_access_key_id]
   secret_key:
-    description: S3 secret access key.
+    description:
+      - S3 secret access key.
+      - The environment variable E(AWS_SECRET_ACCESS_KEY) is used when this is not set.
     type: str
     aliases: [aws_secret_access_key]
   session_token:
-    description: S3 session token for temporary credentials.
+    description:
+      - S3 session token for temporary credentials.
+      - The environment variable E(AWS_SESSION_TOKEN) is used when this is not set.
     type: str
     aliases: [aws_session_token]
   profile:
@@ -67,9 +77,14 @@ options:
     choices: [when_supported, when_required]
     default: when_supported
   validate_certs:
-    description: Verify the TLS certificate of O(s3_endpoint_url).
+    description:
+      - Verify the TLS certificate of O(s3_endpoint_url). No environment variable can turn it off.
     type: bool
     default: true
+notes:
+  - An option whose description names an environment variable takes its value from there when the task
+    does not set it; an empty variable counts as unset. The collection's AWX credential types
+    (C(extensions/controller/credential_types.yml)) inject exactly these variables.
 """
 
     ENCRYPTION_IDENTITY = r"""
@@ -80,6 +95,8 @@ options:
         per line; blank lines and C(#) comment lines, as C(age-keygen) writes them, are ignored) or the
         path of a text file holding them on the managed host.
       - Never shown in output.
+      - The environment variable E(RUNBOOK_AGE_IDENTITY_FILE) (the path of such a file; the collection's
+        backup repository credential type writes the key into a file and sets it) is used when this is not set.
     type: str
 """
 

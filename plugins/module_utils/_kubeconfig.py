@@ -21,9 +21,8 @@ import subprocess
 import tempfile
 import typing as t
 
-from ansible.module_utils.basic import env_fallback
-
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._names import number
 
 IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -37,18 +36,19 @@ Documents = t.List[t.Tuple[Document, t.Optional[str]]]
 
 
 def k8s_auth_argspec() -> t.Dict[str, t.Dict[str, t.Any]]:
-    """Argument spec of the ``runbook.ops.k8s_auth`` doc fragment; use ``dict(**k8s_auth_argspec(), ...)``."""
+    """Argument spec of the ``runbook.ops.k8s_auth`` doc fragment; use ``dict(**k8s_auth_argspec(), ...)``.
+    The ``K8S_AUTH_*`` fallbacks ignore empty variables (AWX sets every variable a credential names)."""
     return dict(
-        kubeconfig=dict(type="raw", fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG"])),
-        context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
-        host=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_HOST"])),
-        api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_API_KEY"])),
-        validate_certs=dict(type="bool", aliases=["verify_ssl"], fallback=(env_fallback, ["K8S_AUTH_VERIFY_SSL"])),
-        ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=(env_fallback, ["K8S_AUTH_SSL_CA_CERT"])),
-        client_cert=dict(type="path", aliases=["cert_file"], fallback=(env_fallback, ["K8S_AUTH_CERT_FILE"])),
+        kubeconfig=dict(type="raw", fallback=env_default("K8S_AUTH_KUBECONFIG")),
+        context=dict(type="str", fallback=env_default("K8S_AUTH_CONTEXT")),
+        host=dict(type="str", fallback=env_default("K8S_AUTH_HOST")),
+        api_key=dict(type="str", no_log=True, fallback=env_default("K8S_AUTH_API_KEY")),
+        validate_certs=dict(type="bool", aliases=["verify_ssl"], fallback=env_default("K8S_AUTH_VERIFY_SSL")),
+        ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=env_default("K8S_AUTH_SSL_CA_CERT")),
+        client_cert=dict(type="path", aliases=["cert_file"], fallback=env_default("K8S_AUTH_CERT_FILE")),
         client_key=dict(type="path", aliases=["key_file"], no_log=False,
-                        fallback=(env_fallback, ["K8S_AUTH_KEY_FILE"])),
-        request_timeout=dict(type="float", default=DEFAULT_TIMEOUT, fallback=(env_fallback, ["K8S_AUTH_REQUEST_TIMEOUT"])),
+                        fallback=env_default("K8S_AUTH_KEY_FILE")),
+        request_timeout=dict(type="float", default=DEFAULT_TIMEOUT, fallback=env_default("K8S_AUTH_REQUEST_TIMEOUT")),
     )
 
 

@@ -29,6 +29,7 @@ import tempfile
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Task, options_from
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import kubernetes_tunnel_argspec, task_tunnel
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     check_params, conninfo, host_name, int_in, no_control, passfile_field, pg_name, shown)
@@ -45,15 +46,18 @@ Settings = t.Dict[str, t.Union[str, int]]
 
 
 def postgres_connection_argspec() -> t.Dict[str, t.Any]:
-    """Connection options, named as in community.postgresql so one module_defaults block serves both."""
+    """Connection options, named as in community.postgresql so one module_defaults block serves both.
+    Each falls back to the libpq variable of the same meaning (what an AWX credential injects)."""
     return dict(
-        login_host=dict(type="str", default="", aliases=["host"]),
-        login_port=dict(type="int", default=5432, aliases=["port"]),
-        login_user=dict(type="str", default="postgres", aliases=["login"]),
-        login_password=dict(type="str", default="", no_log=True),
+        login_host=dict(type="str", default="", aliases=["host"], fallback=env_default("PGHOST")),
+        login_port=dict(type="int", default=5432, aliases=["port"], fallback=env_default("PGPORT")),
+        login_user=dict(type="str", default="postgres", aliases=["login"], fallback=env_default("PGUSER")),
+        login_password=dict(type="str", default="", no_log=True, fallback=env_default("PGPASSWORD")),
         login_unix_socket=dict(type="str", default="", aliases=["unix_socket"]),
-        ssl_mode=dict(type="str", default="prefer", choices=list(SSL_MODES)),
-        ca_cert=dict(type="str", aliases=["ssl_rootcert"]),
+        ssl_mode=dict(type="str", default="prefer", choices=list(SSL_MODES), fallback=env_default("PGSSLMODE")),
+        ca_cert=dict(type="str", aliases=["ssl_rootcert"], fallback=env_default("PGSSLROOTCERT")),
+        ssl_cert=dict(type="str", fallback=env_default("PGSSLCERT")),
+        ssl_key=dict(type="str", no_log=False, fallback=env_default("PGSSLKEY")),
         connect_timeout=dict(type="int", default=10),
         **kubernetes_tunnel_argspec(),
     )
@@ -93,7 +97,7 @@ def password_text(what: str, value: t.Any) -> str:
 def connection_rules() -> t.Dict[str, t.Callable[[str, t.Any], t.Any]]:
     """Validators of the connection options (see ``_names.check_params``)."""
     return dict(login_user=pg_name, login_host=login_host, login_unix_socket=unix_socket_dir,
-                login_password=password_text, ca_cert=no_control)
+                login_password=password_text, ca_cert=no_control, ssl_cert=no_control, ssl_key=no_control)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +112,14 @@ class PgConnectionOptions:
     ssl_mode: str
     ca_cert: t.Optional[str]
     connect_timeout: int
+    ssl_cert: t.Optional[str] = None
+    ssl_key: t.Optional[str] = None
 
     @classmethod
     def from_params(cls, params: t.Mapping[str, t.Any]) -> "PgConnectionOptions":
         check_params(params, connection_rules())
+        if params.get("ssl_key") and not params.get("ssl_cert"):
+            raise RunbookError("ssl_key is set without ssl_cert: give the client certificate its key belongs to")
         int_in("login_port", params["login_port"], 1, 65535)
         int_in("connect_timeout", params["connect_timeout"], 1, 86400, "0 would wait forever")
         return options_from(cls, params)
@@ -190,6 +198,7 @@ class PgConnection:
         self.options = options
         self.endpoint = endpoint or direct_endpoint(options)
         self.application_name = "runbook.ops %s" % application
+        self.ssl_key = libpq_key_file(options.ssl_key) if options.ssl_key else None
 
     @property
     def host(self) -> str:
@@ -221,6 +230,10 @@ class PgConnection:
             args["hostaddr"] = self.endpoint.hostaddr
         if self.options.ca_cert:
             args["sslrootcert"] = self.options.ca_cert
+        if self.options.ssl_cert:
+            args["sslcert"] = self.options.ssl_cert
+        if self.ssl_key:
+            args["sslkey"] = self.ssl_key
         return args
 
     def kwargs(self, dbname: str) -> Settings:
@@ -354,6 +367,26 @@ class PassFile:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+
+_KEY_COPIES: t.List[PassFile] = []
+
+
+def libpq_key_file(path: str) -> str:
+    """``path``, or a private copy of it when group or others may read it: libpq refuses such a key,
+    and AWX writes the files of its credentials 0660. The copy is a :class:`PassFile` (0600, in
+    memory on Linux) kept for the life of this process, so the client programs can open it too."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if not mode & 0o077:
+            return path
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError):
+        return path  # libpq names the file it cannot use
+    copy = PassFile(text)
+    _KEY_COPIES.append(copy)
+    return copy.path
 
 
 def sweep_passfiles(root: str) -> t.List[str]:

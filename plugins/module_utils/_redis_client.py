@@ -21,6 +21,7 @@ import ssl
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookError, Task, options_from, tls_handshake
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import kubernetes_tunnel_argspec, task_tunnel
 from ansible_collections.runbook.ops.plugins.module_utils._names import (
     check_params, host_name, local_path, no_control, number, optional, shown)
@@ -66,16 +67,18 @@ class UnknownCommand(RedisReplyError):
 def redis_connection_argspec() -> t.Dict[str, t.Any]:
     """The connection options (documented by the ``runbook.ops.redis`` doc fragment, ``validate_certs``
     by the module, as it also applies to S3); add :data:`REDIS_CONNECTION_REQUIRED_BY` to the rules."""
+    # Environment defaults are what the collection's Redis credential type injects; certificate
+    # verification has none, so no environment can turn it off.
     return dict(
-        login_host=dict(type="str", default="localhost"),
-        login_port=dict(type="int", default=6379),
-        login_user=dict(type="str"),
-        login_password=dict(type="str", no_log=True),
-        tls=dict(type="bool", default=False),
+        login_host=dict(type="str", default="localhost", fallback=env_default("REDIS_HOST")),
+        login_port=dict(type="int", default=6379, fallback=env_default("REDIS_PORT")),
+        login_user=dict(type="str", fallback=env_default("REDIS_USERNAME")),
+        login_password=dict(type="str", no_log=True, fallback=env_default("REDIS_PASSWORD")),
+        tls=dict(type="bool", default=False, fallback=env_default("REDIS_TLS")),
         validate_certs=dict(type="bool", default=True),
-        ca_certs=dict(type="str"),
-        client_cert_file=dict(type="str"),
-        client_key_file=dict(type="str"),
+        ca_certs=dict(type="str", fallback=env_default("REDIS_TLS_CA_CERT")),
+        client_cert_file=dict(type="str", fallback=env_default("REDIS_TLS_CERT")),
+        client_key_file=dict(type="str", no_log=False, fallback=env_default("REDIS_TLS_KEY")),
         connect_timeout=dict(type="float", default=10.0),
         command_names=dict(type="dict", default={}),
         **kubernetes_tunnel_argspec(),

@@ -67,25 +67,35 @@ options:
     description: The role that owns the grants, both login roles being its members; required with O(strategy=alternating).
     type: str
   database:
-    description: Database the module and the login checks connect to.
+    description:
+      - Database the module and the login checks connect to (roles are cluster-wide, so this is only where to connect).
+      - The environment variable E(PGDATABASE) is used when this is not set.
     type: str
     default: postgres
   login_host:
-    description: Host name or IP address of the PostgreSQL server; empty means a local Unix socket.
+    description:
+      - Host name or IP address of the PostgreSQL server; empty means a local Unix socket.
+      - The environment variable E(PGHOST) is used when this is not set.
     type: str
     default: ''
   login_port:
-    description: TCP port of the server, from 1 to 65535.
+    description:
+      - TCP port of the server, from 1 to 65535.
+      - The environment variable E(PGPORT) is used when this is not set.
     type: int
     default: 5432
     aliases: [port]
   login_user:
-    description: The admin role the module connects as; it needs C(CREATEROLE) (superuser to turn statement logging off).
+    description:
+      - The admin role the module connects as; it needs C(CREATEROLE) (superuser to turn statement logging off).
+      - The environment variable E(PGUSER) is used when this is not set.
     type: str
     default: postgres
     aliases: [login]
   login_password:
-    description: The admin role's password; never shown.
+    description:
+      - The admin role's password; never shown.
+      - The environment variable E(PGPASSWORD) is used when this is not set.
     type: str
     default: ''
   login_unix_socket:
@@ -94,7 +104,9 @@ options:
     default: ''
     aliases: [unix_socket]
   ssl_mode:
-    description: libpq's C(sslmode).
+    description:
+      - libpq's C(sslmode).
+      - The environment variable E(PGSSLMODE) is used when this is not set.
     type: str
     default: prefer
     choices: [allow, disable, prefer, require, verify-ca, verify-full]
@@ -102,6 +114,17 @@ options:
     description:
       - CA certificate file to verify the server with (libpq's C(sslrootcert)).
       - Named C(ca_cert) in the other PostgreSQL modules; here C(ca_cert) is the Kubernetes option.
+      - The environment variable E(PGSSLROOTCERT) is used when this is not set.
+    type: str
+  ssl_cert:
+    description:
+      - Client certificate file (PEM) for TLS client authentication (libpq's C(sslcert)).
+      - The environment variable E(PGSSLCERT) is used when this is not set.
+    type: str
+  ssl_key:
+    description:
+      - Private key file of O(ssl_cert) (libpq's C(sslkey)).
+      - The environment variable E(PGSSLKEY) is used when this is not set.
     type: str
   connect_timeout:
     description: Seconds to wait for a connection, from 1 to 86400.
@@ -248,6 +271,7 @@ import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import run_task
 from ansible_collections.runbook.ops.plugins.module_utils._credentials import credential_argspec
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import k8s_auth_argspec, k8s_module
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
 from ansible_collections.runbook.ops.plugins.module_utils._pg_credentials import (
@@ -258,9 +282,11 @@ from ansible_collections.runbook.ops.plugins.module_utils._pg_credentials import
 def _connection_argspec() -> t.Dict[str, t.Any]:
     """The PostgreSQL connection options without the names the Kubernetes options own (host, ca_cert)."""
     spec = postgres_connection_argspec()
-    spec["login_host"] = dict(type="str", default="")
-    ca = spec.pop("ca_cert")
-    spec["ssl_rootcert"] = dict(type=ca["type"])
+    without_aliases = {name: spec.pop(name) for name in ("login_host", "ca_cert")}
+    for name, option in without_aliases.items():
+        option.pop("aliases")
+    spec["login_host"] = without_aliases["login_host"]
+    spec["ssl_rootcert"] = without_aliases["ca_cert"]
     return spec
 
 
@@ -275,7 +301,7 @@ def module_args() -> t.Dict[str, t.Any]:
             strategy=dict(type="str", choices=["single", "alternating"], default="single"),
             second_role=dict(type="str"),
             group_role=dict(type="str"),
-            database=dict(type="str", default="postgres"),
+            database=dict(type="str", default="postgres", fallback=env_default("PGDATABASE")),
         ),
         required_if=[("strategy", "alternating", ("group_role",))],
         supports_check_mode=True,

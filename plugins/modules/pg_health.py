@@ -44,7 +44,10 @@ attributes:
     description: Nothing changes, so there is nothing to show.
 options:
   db:
-    description: The database to connect to for the server-wide checks; taken literally, at most 63 bytes.
+    description:
+      - The database to connect to for the server-wide checks; taken literally, at most 63 bytes.
+      - The environment variable E(PGDATABASE) is used when this is not set (only a place to connect to; the
+        per-database checks follow O(databases)).
     type: str
     default: postgres
     aliases: [login_db]
@@ -322,6 +325,7 @@ duration_s:
 import typing as t
 
 from ansible_collections.runbook.ops.plugins.module_utils._common import RunbookModule, run_task
+from ansible_collections.runbook.ops.plugins.module_utils._env import env_default
 from ansible_collections.runbook.ops.plugins.module_utils._k8s_tunnel import tunnel_kubeconfig_secrets
 from ansible_collections.runbook.ops.plugins.module_utils._findings import FAIL_ON_CHOICES
 from ansible_collections.runbook.ops.plugins.module_utils._pg_connection import postgres_connection_argspec
@@ -359,7 +363,7 @@ def module_args() -> t.Dict[str, t.Any]:
     """The argument spec and its rules; tests validate parameters through it."""
     spec = postgres_connection_argspec()
     spec.update(
-        db=dict(type="str", default="postgres", aliases=["login_db"]),
+        db=dict(type="str", default="postgres", aliases=["login_db"], fallback=env_default("PGDATABASE")),
         databases=dict(type="list", elements="str", default=[]),
         checks=dict(type="list", elements="str", choices=list(CHECKS), default=list(CHECKS)),
         min_table_size=dict(type="raw", default="10MB"),

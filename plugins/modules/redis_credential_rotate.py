@@ -57,21 +57,31 @@ options:
     type: str
     required: true
   login_host:
-    description: Host name or IP address of the Redis server.
+    description:
+      - Host name or IP address of the Redis server.
+      - The environment variable E(REDIS_HOST) is used when this is not set.
     type: str
     default: localhost
   login_port:
-    description: TCP port of the server.
+    description:
+      - TCP port of the server.
+      - The environment variable E(REDIS_PORT) is used when this is not set.
     type: int
     default: 6379
   login_user:
-    description: The admin ACL user the module connects as (needs C(+acl) and C(+ping)); the default user when not set.
+    description:
+      - The admin ACL user the module connects as (needs C(+acl) and C(+ping)); the default user when not set.
+      - The environment variable E(REDIS_USERNAME) is used when this is not set.
     type: str
   login_password:
-    description: The admin login's password; never shown.
+    description:
+      - The admin login's password; never shown.
+      - The environment variable E(REDIS_PASSWORD) is used when this is not set.
     type: str
   tls:
-    description: Connect with TLS.
+    description:
+      - Connect with TLS.
+      - The environment variable E(REDIS_TLS) (V(true) or V(false)) is used when this is not set.
     type: bool
     default: false
   tls_validate_certs:
@@ -81,13 +91,19 @@ options:
     type: bool
     default: true
   ca_certs:
-    description: CA bundle (PEM file) to verify the server with.
+    description:
+      - CA bundle (PEM file) to verify the server with.
+      - The environment variable E(REDIS_TLS_CA_CERT) is used when this is not set.
     type: str
   client_cert_file:
-    description: Client certificate (PEM file) for servers that ask for one.
+    description:
+      - Client certificate (PEM file) for servers that ask for one.
+      - The environment variable E(REDIS_TLS_CERT) is used when this is not set.
     type: str
   client_key_file:
-    description: Unencrypted private key of O(client_cert_file).
+    description:
+      - Unencrypted private key of O(client_cert_file).
+      - The environment variable E(REDIS_TLS_KEY) is used when this is not set.
     type: str
   connect_timeout:
     description: Seconds to wait for a connection or a reply.
