@@ -110,10 +110,11 @@ def throughput_mib_s(raw_bytes: int, seconds: float) -> float:
 
 def backup_result(manifest: t.Optional[t.Mapping[str, t.Any]], duration_s: float, skipped: bool = False,
                   pruned: t.Optional[t.List[t.Dict[str, t.Any]]] = None) -> Result:
-    """The result fields every backup module returns."""
-    return {
+    """The result fields every backup module returns. ``skipped`` is there only when true: Ansible
+    shows such a task as skipped, and leaves a task's ``changed_when`` and ``failed_when`` unevaluated
+    whenever its result holds the key at all."""
+    result: Result = {
         "changed": not skipped,
-        "skipped": skipped,
         "backup_id": manifest["id"] if manifest else None,
         "manifest": manifest,
         "backup": backup_summary(manifest) if manifest else None,
@@ -121,6 +122,9 @@ def backup_result(manifest: t.Optional[t.Mapping[str, t.Any]], duration_s: float
         "duration_s": round(duration_s, 3),
         "throughput_mib_s": throughput_mib_s(manifest.get("raw_size", 0), duration_s) if manifest and not skipped else 0.0,
     }
+    if skipped:
+        result["skipped"] = True
+    return result
 
 
 def verified_entry(manifest: t.Mapping[str, t.Any], level: str, problems: t.Sequence[str] = (),

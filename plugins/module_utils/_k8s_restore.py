@@ -321,7 +321,7 @@ def _kind_counts(entries: t.Sequence[t.Mapping[str, t.Any]]) -> t.Dict[str, int]
 
 
 def _base(stored: StoredState) -> Result:
-    return {"backup_id": stored.manifest["id"], "manifest": stored.manifest, "skipped": False, "pruned": [],
+    return {"backup_id": stored.manifest["id"], "manifest": stored.manifest, "pruned": [],
             "unreadable": list((stored.manifest.get("kubernetes") or {}).get("unreadable") or [])}
 
 

@@ -308,7 +308,7 @@ def verify(task: Task[PgBackupOptions], server: PgConnection, stored: StoredBack
             problems += _scratch_restore(task.options, server, stored, pg_restore)
             details["tables"] = len(stored.row_counts)
     result = _not_a_restore({
-        "changed": False, "backup_id": stored.id, "manifest": stored.manifest, "skipped": False, "pruned": [],
+        "changed": False, "backup_id": stored.id, "manifest": stored.manifest, "pruned": [],
         "verified": [verified_entry(stored.manifest, level, problems, **details)], "duration_s": watch.elapsed,
         "throughput_mib_s": throughput_mib_s(stored.manifest.get("raw_size", 0), watch.elapsed)})
     if problems:

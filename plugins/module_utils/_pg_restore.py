@@ -96,7 +96,7 @@ class Restore:
             previous = self._preconditions(cur, exists)
             kept = previous if previous and self.options.keep_previous else None
             result: Result = {
-                "changed": True, "backup_id": stored.id, "manifest": stored.manifest, "skipped": False, "pruned": [],
+                "changed": True, "backup_id": stored.id, "manifest": stored.manifest, "pruned": [],
                 "restored_db": self.target, "previous_db": None, "verified": self._verify_first(),
                 "diff": {"before": {"database": self.target if exists else None},
                          "after": {"database": self.target, "from_backup": stored.id, "previous_db": kept}}}

@@ -350,7 +350,7 @@ def verify(task: Task[RedisSnapshotOptions]) -> Result:
                                    load_identities(opts.encryption_identity))
     verified = verify_snapshot(opts, snapshot)
     result: Result = {"changed": False, "backup_id": snapshot.id, "manifest": snapshot.manifest, "verified": [verified],
-                      "skipped": False, "pruned": [], "duration_s": watch.elapsed,
+                      "pruned": [], "duration_s": watch.elapsed,
                       "throughput_mib_s": throughput_mib_s(snapshot.rdb_size, watch.elapsed)}
     if not verified["ok"]:
         raise RunbookError("backup %s failed verification at level %s: %s"

@@ -261,7 +261,7 @@ status:
   type: str
 skipped:
   description: True when O(max_age) found a fresh enough backup and nothing was done.
-  returned: always
+  returned: only then (never false; Ansible shows the task as skipped)
   type: bool
 pruned:
   description: Backups removed by O(retention) after a successful backup (empty unless O(state=backup)).

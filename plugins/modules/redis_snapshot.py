@@ -258,7 +258,7 @@ backup:
   type: dict
 skipped:
   description: True when a backup younger than O(max_age) exists, so nothing was done.
-  returned: always
+  returned: only then (never false; Ansible shows the task as skipped)
   type: bool
   sample: false
 pruned:
