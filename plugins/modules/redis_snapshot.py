@@ -24,8 +24,10 @@ description:
     installed) or O(level=load) (load it into a throwaway local C(redis-server) and compare the keys per
     database with the manifest).
   - O(state=restore) with O(method=keys) loads the snapshot into a throwaway local C(redis-server) on a
-    private unix socket and copies every key to the target with C(DUMP)/C(RESTORE REPLACE), keeping TTLs,
-    pipelined; it works on remote targets. O(method=file) installs the RDB as the data file of a Redis on the
+    private unix socket and copies every key to the target, keeping TTLs; it works on remote targets. Over
+    plain TCP the throwaway server hands the keys to the target itself (C(MIGRATE ... COPY REPLACE), in batches
+    of 1000, values never decoded here); over TLS, with C(RESTORE) renamed, or when the target refuses the first
+    batch, the module copies them with pipelined C(DUMP)/C(RESTORE REPLACE). O(method=file) installs the RDB as the data file of a Redis on the
     managed host; with C(appendonly yes) it moves the AOF aside, starts Redis with the AOF off, switches it
     back on and waits for the rewrite, so the restored data survives the next restart.
   - O(state=flushed) is the guarded form of the runbooks' C(FLUSHDB). It first counts the keys matching
