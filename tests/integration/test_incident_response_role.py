@@ -172,7 +172,8 @@ def test_breach_then_release(platform, kube_cluster, kube_admin, age_key):
     assert repo.get("evidence", ev["set"], ev["backup_id"])["id"] == ev["backup_id"]
     custody = [json.loads(line) for line in (repo.read_sidecar(manifest, "custody.jsonl") or b"").splitlines()]
     assert [r["event"] for r in custody[-2:]] == ["verified", "verified"]
-    assert recap_changed(respond(platform, "release", "inc-br-1").stdout) == 0
+    second = respond(platform, "release", "inc-br-1")
+    assert recap_changed(second.stdout) == 0, second.stdout[-8000:]
 
 
 def _published_kids(admin, ns: str) -> t.List[str]:
