@@ -673,6 +673,19 @@ class Kubelet:
 # Object builders shared by the tests, the lab and the benchmark
 
 
+SERVER_OWNED = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
+
+
+def without_server_fields(obj: dict, owned: t.Sequence[str] = SERVER_OWNED) -> dict:
+    """A deep copy of ``obj`` without its status and the ``owned`` metadata the server sets: what a test
+    compares before and after an undo."""
+    obj = json.loads(json.dumps(obj))
+    obj.pop("status", None)
+    for key in owned:
+        obj["metadata"].pop(key, None)
+    return obj
+
+
 def namespace(client: _k8s.K8sClient, name: str, labels: t.Optional[dict] = None) -> dict:
     existing = client.get("v1", "namespaces", name, missing_ok=True)
     if existing is not None:

@@ -3,8 +3,11 @@ services on free ports), writing its connection facts to its own file, at the da
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import typing as t
 from pathlib import Path
 
@@ -22,3 +25,22 @@ def lab_command(action: str, lab_dir: Path, facts_file: Path, scale: t.Optional[
     if check:
         assert proc.returncode == 0, "lab %s failed: %s %s" % (action, proc.stdout[-3000:], proc.stderr[-3000:])
     return proc
+
+
+@contextlib.contextmanager
+def lab_with_inventory(prefix: str, timeout: float = 600) -> t.Iterator[t.Tuple[Path, Path]]:
+    """``(root, inventory)``: a lab under a new directory ``root`` (``root / "lab"``) and an inventory that is the
+    lab inventory with this lab's connection facts; stopped and removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # PostgreSQL runs as its own user
+    inventory = root / "inventory"
+    (inventory / "group_vars" / "all").mkdir(parents=True)
+    (inventory / "hosts.yml").symlink_to(REPO / "inventories" / "lab" / "hosts.yml")
+    (inventory / "host_vars").symlink_to(REPO / "inventories" / "lab" / "host_vars")
+    facts = inventory / "group_vars" / "all" / "lab.yml"
+    try:
+        lab_command("up", root / "lab", facts, timeout=timeout)
+        yield root, inventory
+    finally:
+        lab_command("down", root / "lab", facts, timeout=timeout)
+        shutil.rmtree(root, ignore_errors=True)

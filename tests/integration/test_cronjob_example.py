@@ -6,10 +6,8 @@ that identity can read no other Secret, no other namespace and write nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import typing as t
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import yaml
 
 from tests.harness.collection import REPO, ansible_env, run_playbook
 from tests.harness.k8s import KubeCluster
-from tests.harness.private_lab import lab_command
+from tests.harness.private_lab import lab_with_inventory
 
 MANIFESTS = REPO / "extensions" / "cronjob"
 NAMESPACE = "runbook-ops"
@@ -45,24 +43,10 @@ class Lab(t.NamedTuple):
     cluster: KubeCluster
 
 
-def _lab(action: str, root: Path, inventory: Path) -> None:
-    lab_command(action, root / "lab", inventory / "group_vars" / "all" / "lab.yml", timeout=600)
-
-
 @pytest.fixture(scope="module")
 def lab() -> t.Iterator[Lab]:
-    root = Path(tempfile.mkdtemp(prefix="runbook-cronjob-"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user
-    inventory = root / "inventory"
-    (inventory / "group_vars" / "all").mkdir(parents=True)
-    (inventory / "hosts.yml").symlink_to(REPO / "inventories" / "lab" / "hosts.yml")
-    (inventory / "host_vars").symlink_to(REPO / "inventories" / "lab" / "host_vars")
-    try:
-        _lab("up", root, inventory)
+    with lab_with_inventory("runbook-cronjob-") as (root, inventory):
         yield Lab(root, inventory, KubeCluster.attach(root / "lab" / "kubernetes"))
-    finally:
-        _lab("down", root, inventory)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def ssa(client, body: dict, dry_run: bool) -> dict:

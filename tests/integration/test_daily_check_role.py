@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 import typing as t
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.collection import REPO, run_playbook
 from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, KubeCluster
-from tests.harness.private_lab import lab_command
+from tests.harness.private_lab import lab_with_inventory
 
 PLATFORMS = ("rust-security", "hungryhippaahneties", "personapass")
 FORMATS = {"markdown": "md", "html": "html", "json": "json", "junit": "xml", "prometheus": "prom"}
@@ -67,27 +66,13 @@ class Lab(t.NamedTuple):
     cluster: KubeCluster
 
 
-def _lab(action: str, root: Path, inventory: Path) -> None:
-    lab_command(action, root / "lab", inventory / "group_vars" / "all" / "lab.yml", timeout=600)
-
-
 @pytest.fixture(scope="module")
 def lab() -> t.Iterator[Lab]:
     """A lab of this module's own: its services on free ports under a temporary directory, and an
     inventory that is the lab inventory with this lab's connection facts."""
-    root = Path(tempfile.mkdtemp(prefix="runbook-daily-check-"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user
-    inventory = root / "inventory"
-    (inventory / "group_vars" / "all").mkdir(parents=True)
-    (inventory / "hosts.yml").symlink_to(REPO / "inventories" / "lab" / "hosts.yml")
-    (inventory / "host_vars").symlink_to(REPO / "inventories" / "lab" / "host_vars")
-    try:
-        _lab("up", root, inventory)
+    with lab_with_inventory("runbook-daily-check-") as (root, inventory):
         state = json.loads((root / "lab" / "lab.json").read_text())
         yield Lab(root, inventory, state, KubeCluster.attach(root / "lab" / "kubernetes"))
-    finally:
-        _lab("down", root, inventory)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

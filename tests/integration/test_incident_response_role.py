@@ -17,7 +17,7 @@ import yaml
 
 from tests.harness import kwok
 from tests.harness.collection import REPO, run_module, run_playbook
-from tests.harness.k8s import service, wait_for
+from tests.harness.k8s import service, wait_for, without_server_fields
 from tests.harness.platforms import workload_body
 
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sError, resource_path
@@ -26,7 +26,6 @@ from ansible_collections.runbook.ops.plugins.module_utils._repository import Rep
 PLAYBOOK = REPO / "playbooks" / "incident_response.yml"
 ING = ("networking.k8s.io/v1", "ingresses")
 DENYLIST = "nginx.ingress.kubernetes.io/denylist-source-range"
-SERVER_OWNED = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
 FAILURES = {"203.0.113.7": 30, "198.51.100.4": 20, "192.0.2.99": 6}
 SECRET_VALUE = "ir-s3cret-value-never-in-evidence"
 
@@ -110,18 +109,10 @@ def recap_changed(output: str) -> int:
     return int(line.split("changed=")[1].split()[0])
 
 
-def _clean(obj: dict) -> dict:
-    obj = json.loads(json.dumps(obj))
-    obj.pop("status", None)
-    for key in SERVER_OWNED:
-        obj["metadata"].pop(key, None)
-    return obj
-
-
 def snapshot(admin, ns: str) -> dict:
     """The namespace's NetworkPolicies, Services, Deployments and Ingresses minus server-owned fields."""
     kinds = (("networking.k8s.io/v1", "networkpolicies"), ("v1", "services"), ("apps/v1", "deployments"), ING)
-    return {plural: {o["metadata"]["name"]: _clean(o) for o in admin.list(api, plural, ns)} for api, plural in kinds}
+    return {plural: {o["metadata"]["name"]: without_server_fields(o) for o in admin.list(api, plural, ns)} for api, plural in kinds}
 
 
 def pod_labels(admin, ns: str) -> t.Dict[str, dict]:

@@ -14,7 +14,7 @@ import pytest
 from tests.harness import kwok
 from tests.harness.collection import run_module
 from tests.harness.hostile import assert_clean_failure
-from tests.harness.k8s import wait_for
+from tests.harness.k8s import wait_for, without_server_fields
 from tests.harness.process import free_port
 from tests.harness.tasks import make_task
 
@@ -23,7 +23,6 @@ from ansible_collections.runbook.ops.plugins.module_utils._ingress_block import 
 from ansible_collections.runbook.ops.plugins.module_utils._k8s import K8sClient, K8sError, resource_path
 
 ING = ("networking.k8s.io/v1", "ingresses")
-SERVER_OWNED = ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")
 # address -> failed logins in the last hour (the seeded log)
 FAILURES = {"203.0.113.7": 30, "2001:db8::66": 20, "::ffff:198.51.100.4": 15, "192.0.2.200": 12,
             "10.1.2.3": 40, "127.0.0.1": 50, "198.51.100.77": 5}
@@ -60,14 +59,6 @@ def ingress(name: str, ns: str, annotations: t.Optional[dict] = None, cls: str =
         meta["annotations"] = dict(annotations)
     return {"metadata": meta, "spec": {"ingressClassName": cls, "rules": [{"host": "%s.example.test" % name, "http": {
         "paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}}
-
-
-def clean(obj: dict) -> dict:
-    obj = json.loads(json.dumps(obj))
-    obj.pop("status", None)
-    for key in SERVER_OWNED:
-        obj["metadata"].pop(key, None)
-    return obj
 
 
 def ingresses(admin, ns: str) -> t.Dict[str, dict]:
@@ -124,7 +115,7 @@ def block(cluster, site: Site, check_mode: bool = False, diff: bool = False, **a
 
 def test_seeded_log_ranks_and_blocks_the_top_addresses_and_release_undoes_exactly(kube_cluster, kube_admin, site):
     ns = site.ns
-    before = {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()}
+    before = {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()}
     versions = {name: obj["metadata"]["resourceVersion"] for name, obj in ingresses(kube_admin, ns).items()}
 
     ranked = block(kube_cluster, site, state="ranked")
@@ -185,7 +176,7 @@ def test_seeded_log_ranks_and_blocks_the_top_addresses_and_release_undoes_exactl
     assert {e["name"]: e["removed"] for e in released["ingresses"]} == {
         "api": ["203.0.113.7/32", "2001:db8::66/128", "198.51.100.4/32", "192.0.2.200/32", "203.0.113.51/32"],
         "web": ["203.0.113.7/32", "2001:db8::66/128", "198.51.100.4/32", "203.0.113.51/32"]}
-    after = {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()}
+    after = {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()}
     assert after["api"] == before["api"]  # exactly as before: no annotation left behind
     # The hand-added entry stays; everything else on the Ingress is as before.
     assert after["web"]["metadata"].pop("annotations") == {
@@ -200,21 +191,21 @@ def test_seeded_log_ranks_and_blocks_the_top_addresses_and_release_undoes_exactl
 
 def test_release_without_changes_meanwhile_restores_the_text_exactly(kube_cluster, kube_admin, site):
     ns = site.ns
-    before = {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()}
+    before = {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()}
     assert not block(kube_cluster, site, ingresses=["web"]).get("failed")
     assert DENYLIST not in annotations(kube_admin, ns, "api")  # only the named Ingress
     checked = block(kube_cluster, site, state="released", check_mode=True)
     assert checked["changed"] is True and record_key("inc-bf-1") in annotations(kube_admin, ns, "web")
     released = block(kube_cluster, site, state="released")
     assert not released.get("failed") and released["changed"], released
-    assert {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()} == before
+    assert {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()} == before
 
 
 def test_rate_limit_round_trip(kube_cluster, kube_admin, site):
     ns = site.ns
     kube_admin.modify(*ING, name="api", namespace=ns, mutate=lambda o: o["metadata"].update(
         annotations={LIMIT_RPS: "100"}) or o)
-    before = {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()}
+    before = {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()}
     args = dict(method="rate_limit", rate_limit_rps=2, rate_limit_connections=4, log_sources=[])
     limited = block(kube_cluster, site, diff=True, **args)
     assert not limited.get("failed") and limited["changed"] is True, limited
@@ -229,7 +220,7 @@ def test_rate_limit_round_trip(kube_cluster, kube_admin, site):
     assert block(kube_cluster, site, **args)["changed"] is False
     released = block(kube_cluster, site, state="released")
     assert not released.get("failed") and released["changed"] is True, released
-    assert {name: clean(obj) for name, obj in ingresses(kube_admin, ns).items()} == before
+    assert {name: without_server_fields(obj) for name, obj in ingresses(kube_admin, ns).items()} == before
 
 
 def test_nothing_readable_or_a_damaged_record_fails_and_changes_nothing(kube_cluster, kube_admin, site):

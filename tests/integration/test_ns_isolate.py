@@ -18,7 +18,8 @@ import pytest
 
 from tests.harness.collection import run_module, run_playbook
 from tests.harness import kwok
-from tests.harness.k8s import RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for
+from tests.harness.k8s import (
+    RESTRICTED_TOKEN, RESTRICTED_USER, Kubelet, deployment, service, wait_for, without_server_fields)
 from tests.harness.process import free_port
 
 from ansible_collections.runbook.ops.plugins.module_utils._quarantine import (
@@ -27,6 +28,10 @@ from ansible_collections.runbook.ops.plugins.module_utils._repository import Rep
 
 SECRET_VALUE = "sup3r-s3cret-db-password-77"
 SERVER_OWNED = ("resourceVersion", "managedFields", "generation", "creationTimestamp")
+
+
+def _clean(obj: dict) -> dict:
+    return without_server_fields(obj, SERVER_OWNED)
 
 
 def isolate(cluster, ns: str, check_mode: bool = False, diff: bool = False, token: t.Optional[str] = None,
@@ -60,14 +65,6 @@ def setup_namespace(admin, kubelet, ns: str) -> None:
         wait_for(lambda: kwok.rolled_out(admin, "deployments", ns, name), what="Deployment/%s/%s rolled out" % (ns, name))
     web = admin.list("v1", "pods", ns, label_selector="app=web")[0]
     kubelet.event(ns, {"kind": "Pod", "name": web["metadata"]["name"]}, "Suspicious", "unexpected outbound traffic")
-
-
-def _clean(obj: dict) -> dict:
-    obj = json.loads(json.dumps(obj))
-    obj.pop("status", None)
-    for key in SERVER_OWNED:
-        obj["metadata"].pop(key, None)
-    return obj
 
 
 def snapshot(admin, ns: str) -> dict:
